@@ -1,0 +1,28 @@
+# Two commands do everything: `make demo` and `make test`. Both set up .venv/ first;
+# setup is a no-op while .venv is newer than pyproject.toml.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.bertpipe-installed
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/bertpipe/torch_extensions
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	# CPU torch first, or deepspeed pulls a CUDA build of its own
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m jobs.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

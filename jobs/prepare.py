@@ -1,0 +1,270 @@
+"""`bertpipe prepare` / `python -m jobs.prepare`: corpora -> masked, length-binned Parquet shards.
+
+The driver lists the inputs, settles the vocab, checks the output directory, then runs the
+three passes of `pipeline.shards` as Ray Data jobs (one task per file, per block, per shard)
+and writes `manifest.json` last: an output without a manifest is incomplete, and a rerun
+replaces it. An output with a manifest for the same inputs and options is reused as is; one
+for different ones is refused unless `--overwrite`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from typing import Callable
+
+from jobs.configargs import add_config_args, resolve, to_dict
+from jobs.errors import user_errors
+from pipeline.config import OUTPUT_FIELDS, PrepareConfig
+from pipeline.errors import InputError
+from pipeline.read import check_first_record
+from pipeline.schema import SCHEMA_VERSION
+from pipeline.shards import build_block, merge_bins, plan_shards, tokenize_file, write_shard
+from pipeline.storage import (delete, expand_inputs, join, list_names, read_text,
+                              write_file_atomic)
+from pipeline.tokenizer import VocabInfo, load_vocab, train_vocab
+
+OWN_NAMES = ("manifest.json", "vocab.txt", "_work")
+Mapper = Callable[[Callable[[dict], dict], list[dict], str], list[dict]]
+
+
+def log(msg: str) -> None:
+    print(f"[prepare] {msg}", file=sys.stderr, flush=True)
+
+
+def ray_mapper(address: str | None) -> Mapper:
+    """Map a function over items as a Ray Data job: one task per item, progress on the driver."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 runtime_env={"env_vars": _worker_env()})
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+    def run(fn, items, name):
+        if not items:
+            return []
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map(lambda row: {"result": json.dumps(fn(row))}, num_cpus=1)
+        try:
+            rows = ds.take_all()
+        except Exception as e:  # surface our own one-line errors, not Ray's wrapping
+            raise _user_error_in(e) or e
+        return [json.loads(r["result"]) for r in rows]
+    return run
+
+
+def local_mapper(fn, items, name) -> list[dict]:
+    """The same passes in this process, one item after another (benchmarks, debugging)."""
+    return [fn(item) for item in items]
+
+
+def _worker_env() -> dict:
+    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "TOKENIZERS_PARALLELISM")
+    env = {k: os.environ[k] for k in keys if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _user_error_in(e: BaseException) -> InputError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, InputError):
+            return InputError(str(e))
+        cause = getattr(e, "cause", None)
+        e = cause if isinstance(cause, BaseException) else e.__cause__
+    return None
+
+
+def _job_key(cfg: PrepareConfig, files: list[tuple[str, int]], vocab_sha: str) -> str:
+    """What makes two prepare runs the same: options that shape the output, inputs, vocab."""
+    options = {k: v for k, v in to_dict(cfg).items() if k in OUTPUT_FIELDS and k != "input"}
+    blob = json.dumps({"options": options, "inputs": files, "vocab": vocab_sha}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_output(cfg: PrepareConfig, job_key: str) -> dict | None:
+    """The existing manifest if the output is already done; clears partial outputs."""
+    names = list_names(cfg.output)
+    if "manifest.json" in names:
+        manifest = json.loads(read_text(join(cfg.output, "manifest.json")))
+        if manifest.get("job_key") == job_key and not cfg.overwrite:
+            return manifest
+        if not cfg.overwrite:
+            raise InputError(f"output {cfg.output} already holds shards made from other inputs "
+                             f"or options; pass --overwrite to replace them, or pick another "
+                             f"--output")
+    ours = [n for n in names if n in OWN_NAMES or n.startswith(("shard-", ".tmp-"))]
+    foreign = [n for n in names if n not in ours]
+    if foreign and not cfg.overwrite:
+        raise InputError(f"output {cfg.output} is not empty and holds no bertpipe manifest "
+                         f"({', '.join(foreign[:3])}...); pick an empty or new directory")
+    if ours:
+        if "manifest.json" not in ours:
+            log(f"removing the partial output of an interrupted run in {cfg.output}")
+        for n in ["manifest.json", *sorted(ours)]:  # manifest first: never a stale complete one
+            if n in ours:
+                delete(join(cfg.output, n))
+    return None
+
+
+def _vocab(cfg: PrepareConfig, files, mapper: Mapper) -> list[str]:
+    if cfg.vocab is not None:
+        try:
+            text = read_text(cfg.vocab)
+        except FileNotFoundError:
+            raise InputError(f"vocab {cfg.vocab}: no such file")
+        except UnicodeDecodeError:
+            raise InputError(f"vocab {cfg.vocab}: not UTF-8 text; pass a vocab.txt with one "
+                             f"WordPiece token per line")
+        except OSError as e:
+            raise InputError(f"vocab {cfg.vocab}: cannot read it ({e})")
+        return load_vocab(text, name=cfg.vocab)
+    log(f"training a WordPiece vocab of {cfg.vocab_size} on up to "
+        f"{cfg.vocab_sample_bytes / 1e6:.0f} MB of the corpus")
+    (result,) = mapper(lambda _: {"vocab": _train_vocab_task(cfg, files)}, [{"task": 0}],
+                       "vocab")
+    return result["vocab"]
+
+
+def _train_vocab_task(cfg: PrepareConfig, files) -> list[str]:
+    from pipeline.read import FileStats, read_documents
+
+    def sentences():
+        budget = cfg.vocab_sample_bytes
+        for path, _ in files:
+            for doc in read_documents(path, cfg.format, FileStats(path), cfg.text_field,
+                                      cfg.text_column):
+                for s in doc:
+                    yield s
+                    budget -= len(s)
+                if budget <= 0:
+                    return
+    return train_vocab(sentences(), cfg.vocab_size, cfg.do_lower_case)
+
+
+def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> dict:
+    """Run the whole job; returns the manifest (also written as OUTPUT/manifest.json)."""
+    cfg.validate()
+    started = time.time()
+    files = expand_inputs(cfg.input)
+    for path, _ in files[:1]:
+        check_first_record(path, cfg.format, cfg.text_field, cfg.text_column)
+    total_bytes = sum(size for _, size in files)
+    log(f"{len(files)} input file(s), {total_bytes / 1e6:.1f} MB")
+
+    if mapper is None:
+        mapper = local_mapper if cfg.executor == "local" else ray_mapper(cfg.address)
+    vocab_given_sha = hashlib.sha256(read_text(cfg.vocab).encode()).hexdigest() \
+        if cfg.vocab else ""
+    job_key = _job_key(cfg, files, vocab_given_sha)
+    done = _check_output(cfg, job_key)
+    if done is not None:
+        log(f"{cfg.output} is already complete for these inputs and options; nothing to do")
+        return done
+
+    vocab = _vocab(cfg, files, mapper)
+    vocab_text = "\n".join(vocab) + "\n"
+    write_file_atomic(join(cfg.output, "vocab.txt"), vocab_text.encode())
+    info = VocabInfo.from_vocab(vocab)
+    work = join(cfg.output, "_work")
+
+    num_blocks = max(1, math.ceil(total_bytes / cfg.block_bytes))
+    log(f"pass 1/3: tokenizing {len(files)} file(s) into {num_blocks} shuffle block(s)")
+    file_stats = mapper(
+        lambda row: tokenize_file(row["index"], row["path"], cfg, vocab, num_blocks, work),
+        [{"index": i, "path": p} for i, (p, _) in enumerate(files)], "tokenize")
+    file_stats.sort(key=lambda r: r["path"])
+
+    log(f"pass 2/3: pairing and masking {num_blocks} block(s)")
+    blocks = mapper(lambda row: build_block(row["block"], cfg, info, work),
+                    [{"block": b} for b in range(num_blocks)], "instances")
+    blocks.sort(key=lambda r: r["block"])
+    rows = merge_bins(blocks)
+    total_instances = sum(r["instances"] for r in blocks)
+    if total_instances == 0:
+        delete(work)
+        raise InputError("the input produced no training instances (all of it empty, "
+                         "unreadable or skipped: see the skip counts above); check --format")
+
+    log(f"pass 3/3: writing {total_instances} instances into {cfg.num_shards} shard(s)")
+    plan = plan_shards(rows, cfg.num_shards)
+    shards = mapper(lambda row: write_shard(row["shard"], plan[row["shard"]], info.size,
+                                            work, cfg.output),
+                    [{"shard": s} for s in range(cfg.num_shards)], "shards")
+    shards.sort(key=lambda r: r["file"])
+
+    skipped = Counter()
+    for f in file_stats:
+        skipped.update(f["skipped"])
+    elapsed = time.time() - started
+    input_tokens = sum(f["tokens"] for f in file_stats)
+    counts = {
+        "documents": sum(f["documents"] for f in file_stats),
+        "sentences": sum(f["sentences"] for f in file_stats),
+        "input_tokens": input_tokens,
+        "instances": total_instances,
+        "tokens": sum(s["tokens"] for s in shards),
+        "masked_tokens": sum(r.get("masked_tokens", 0) for r in blocks),
+        "random_next": sum(r.get("random_next", 0) for r in blocks),
+    }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "job_key": job_key,
+        "config": to_dict(cfg),
+        "vocab": {"file": "vocab.txt", "sha256": hashlib.sha256(vocab_text.encode()).hexdigest(),
+                  "size": len(vocab), "do_lower_case": cfg.do_lower_case},
+        "max_seq_length": cfg.max_seq_length,
+        "bin_size": cfg.bin_size,
+        "nsp": cfg.nsp,
+        "inputs": [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]}
+                   for f in file_stats],
+        "skipped": {"count": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
+        "counts": counts,
+        "instances_per_bin": {str(b): sum(n.values()) for b, n in sorted(rows.items())},
+        "shards": shards,
+        "seconds": round(elapsed, 2),
+    }
+    for key in ("address", "executor"):
+        manifest["config"].pop(key, None)
+    write_file_atomic(join(cfg.output, "manifest.json"),
+                      (json.dumps(manifest, indent=2) + "\n").encode())
+    delete(work)
+    _summary(manifest, elapsed)
+    return manifest
+
+
+def _summary(m: dict, elapsed: float) -> None:
+    c = m["counts"]
+    log(f"done in {elapsed:.1f}s: {c['documents']} documents, {c['sentences']} sentences, "
+        f"{c['input_tokens']} input tokens -> {c['instances']} instances, {c['tokens']} tokens "
+        f"in {len(m['shards'])} shards ({c['input_tokens'] / max(elapsed, 1e-9):,.0f} input "
+        f"tokens/s); skipped: {m['skipped']['count']}"
+        + "".join(f"\n[prepare]   skipped {n} x {r}" for r, n in m["skipped"]["by_reason"].items()))
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bertpipe prepare",
+        description="Turn corpora into masked, length-binned BERT pretraining shards.")
+    add_config_args(parser, PrepareConfig)
+    args = parser.parse_args(argv)
+    cfg = resolve(PrepareConfig, args)
+    manifest = prepare(cfg)
+    print(json.dumps({"output": cfg.output, **manifest["counts"],
+                      "shards": len(manifest["shards"]),
+                      "skipped": manifest["skipped"]["count"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The three passes of `prepare`, as pure functions over one file, one block, one shard.
+
+1. `tokenize_file`: read one input file, tokenize its sentences, and deal its documents into
+   shuffle blocks by a seeded hash (a global shuffle that needs no global memory). Each
+   (block, file) pair becomes one Parquet piece under `WORK/tokens/`.
+2. `build_block`: gather one block's documents in hash order, make the NSP pairs and masks
+   (`pipeline.instances`), and write its instances by length bin under `WORK/instances/`.
+3. `write_shard`: cut shard s out of the bins (`plan_shards` makes every shard equal ±1
+   rows, and every bin in it too), write it, and return its sha256.
+Ray (in `jobs/prepare.py`) only maps these over files, blocks and shards. Each output is a
+function of its inputs alone, so the shards are byte-identical however the work is scheduled.
+Memory is bounded by one block, never by the corpus.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import PrepareConfig
+from pipeline.instances import create_block_instances
+from pipeline.read import FileStats, read_documents
+from pipeline.schema import instance_schema, length_bin
+from pipeline.storage import filesystem, join, list_names, upload_atomic
+from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences
+
+TOKENS_SCHEMA = pa.schema([
+    pa.field("doc_key", pa.uint64(), nullable=False),
+    pa.field("ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("sentence_lengths", pa.list_(pa.int32()), nullable=False),
+])
+ENCODE_BATCH_SENTENCES = 4096
+PIECE_FLUSH_TOKENS = 4_000_000
+ROW_GROUP_ROWS = 16384
+
+
+def doc_key(seed: int, file_index: int, doc_index: int) -> int:
+    """A seeded 64-bit hash: the document's block (key % blocks) and its order inside it."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, file_index, doc_index),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class _PieceWriter:
+    """Buffers one (block, file) piece and appends row groups to it."""
+
+    def __init__(self, path: str):
+        self.path, self.writer, self.rows = path, None, []
+        self.tokens = 0
+
+    def add(self, key: int, ids: np.ndarray, lengths: np.ndarray):
+        self.rows.append((key, ids, lengths))
+        self.tokens += len(ids)
+        if self.tokens >= PIECE_FLUSH_TOKENS:
+            self.flush()
+
+    def flush(self):
+        if not self.rows:
+            return
+        keys, ids, lens = zip(*self.rows)
+        table = pa.table([pa.array(keys, pa.uint64()), _list_array(ids, pa.int32()),
+                          _list_array(lens, pa.int32())], schema=TOKENS_SCHEMA)
+        if self.writer is None:
+            fs, inner = filesystem(self.path)
+            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+            self.writer = pq.ParquetWriter(inner, TOKENS_SCHEMA, filesystem=fs)
+        self.writer.write_table(table)
+        self.rows, self.tokens = [], 0
+
+    def close(self):
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _list_array(arrays, dtype) -> pa.ListArray:
+    """One Arrow list array from numpy arrays, without per-element Python."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(arrays) if len(arrays) else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                    pa.array(flat.astype(dtype.to_pandas_dtype(), copy=False),
+                                             dtype))
+
+
+def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[str],
+                  num_blocks: int, work: str) -> dict:
+    """Pass 1 for one input file. Returns its stats (size, sha256, counts, skips)."""
+    tokenizer = build_tokenizer(vocab, cfg.do_lower_case)
+    stats = FileStats(path)
+    writers: dict[int, _PieceWriter] = {}
+    docs: list[list[str]] = []
+    pending = 0
+    doc_index = 0
+    tokens = 0
+
+    def encode_pending():
+        nonlocal doc_index, tokens
+        sentences = [s for d in docs for s in d]
+        ids, lengths = encode_sentences(tokenizer, sentences)
+        ends = np.cumsum(lengths)
+        sent_start = 0
+        for d in docs:
+            n = len(d)
+            lens = lengths[sent_start:sent_start + n]
+            lo = int(ends[sent_start] - lens[0]) if n else 0
+            hi = int(ends[sent_start + n - 1]) if n else 0
+            sent_start += n
+            key = doc_key(cfg.random_seed, file_index, doc_index)
+            doc_index += 1
+            kept = lens[lens > 0]
+            if len(kept) == 0:
+                stats.skipped["document with no tokens"] += 1
+                continue
+            block = key % num_blocks
+            if block not in writers:
+                writers[block] = _PieceWriter(
+                    join(work, "tokens", f"block-{block:05d}", f"file-{file_index:06d}.parquet"))
+            writers[block].add(key, ids[lo:hi], kept.astype(np.int32))
+            tokens += hi - lo
+        docs.clear()
+
+    for doc in read_documents(path, cfg.format, stats, cfg.text_field, cfg.text_column):
+        docs.append(doc)
+        pending += len(doc)
+        if pending >= ENCODE_BATCH_SENTENCES:
+            encode_pending()
+            pending = 0
+    encode_pending()
+    for w in writers.values():
+        w.close()
+    return {"path": path, "size": stats.size, "sha256": stats.sha256,
+            "documents": stats.documents, "sentences": stats.sentences, "tokens": tokens,
+            "skipped": dict(stats.skipped)}
+
+
+def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) -> dict:
+    """Pass 2 for one block: NSP pairs + masks, written per length bin. Returns counts."""
+    piece_dir = join(work, "tokens", f"block-{block_id:05d}")
+    names = [n for n in list_names(piece_dir) if n.endswith(".parquet")]
+    if not names:
+        return {"block": block_id, "rows_per_bin": {}, "instances": 0}
+    fs, _ = filesystem(piece_dir)
+    table = pa.concat_tables(
+        pq.read_table(filesystem(join(piece_dir, n))[1], filesystem=fs) for n in names)
+    order = np.argsort(table.column("doc_key").to_numpy(), kind="stable")
+    table = table.take(pa.array(order))
+    ids_col = table.column("ids").combine_chunks()
+    len_col = table.column("sentence_lengths").combine_chunks()
+    flat_ids = ids_col.values.to_numpy()
+    id_offsets = ids_col.offsets.to_numpy()
+    flat_lens = len_col.values.to_numpy()
+    len_offsets = len_col.offsets.to_numpy()
+    documents = []
+    for d in range(len(table)):
+        ids = flat_ids[id_offsets[d]:id_offsets[d + 1]]
+        lens = flat_lens[len_offsets[d]:len_offsets[d + 1]]
+        documents.append(np.split(ids, np.cumsum(lens)[:-1]))
+    del table, ids_col, len_col
+    instances = create_block_instances(documents, cfg, vocab, cfg.random_seed, block_id)
+    num_tokens = instances.column("num_tokens").to_numpy()
+    bins = length_bin(num_tokens.astype(np.int64), cfg.bin_size)
+    order = np.argsort(bins, kind="stable")
+    instances, bins = instances.take(pa.array(order)), bins[order]
+    rows_per_bin = {}
+    fs_out, _ = filesystem(work)
+    for b in np.unique(bins):
+        lo, hi = np.searchsorted(bins, b), np.searchsorted(bins, b, side="right")
+        path = join(work, "instances", f"bin-{int(b):04d}", f"block-{block_id:05d}.parquet")
+        inner = filesystem(path)[1]
+        fs_out.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(instances.slice(lo, hi - lo), inner, filesystem=fs_out)
+        rows_per_bin[int(b)] = int(hi - lo)
+    labels = instances.column("next_sentence_label").to_numpy()
+    masked = pc.list_value_length(instances.column("masked_lm_ids")).to_numpy()
+    return {"block": block_id, "rows_per_bin": rows_per_bin, "instances": len(instances),
+            "documents": len(documents), "tokens": int(num_tokens.sum()),
+            "masked_tokens": int(masked.sum()), "random_next": int(labels.sum())}
+
+
+@dataclass
+class Slice:
+    bin: int
+    block: int
+    start: int
+    length: int
+
+
+def plan_shards(rows: dict[int, dict[int, int]], num_shards: int) -> list[list[Slice]]:
+    """Which rows of which (bin, block) file go to each shard.
+
+    `rows[bin][block]` counts instances. Rows are numbered bin by bin (blocks in order) and
+    row i goes to shard i % num_shards, so shards differ by at most one row overall and in
+    every bin; each shard takes a contiguous range of each bin, read from few files.
+    """
+    plan: list[list[Slice]] = [[] for _ in range(num_shards)]
+    offset = 0
+    for b in sorted(rows):
+        blocks = sorted(rows[b].items())
+        total = sum(n for _, n in blocks)
+        # rows of this bin going to shard s: count of i in [offset, offset+total), i%S == s
+        counts = [(total - ((s - offset) % num_shards) + num_shards - 1) // num_shards
+                  for s in range(num_shards)]
+        cursor = 0  # position within the bin's concatenated blocks
+        for s in range(num_shards):
+            want, pos = counts[s], 0
+            start = cursor
+            for blk, n in blocks:
+                if want == 0:
+                    break
+                if start >= pos + n:
+                    pos += n
+                    continue
+                take = min(n - (start - pos), want)
+                plan[s].append(Slice(b, blk, start - pos, take))
+                want -= take
+                start += take
+                pos += n
+            cursor += counts[s]
+        offset += total
+    return plan
+
+
+def write_shard(index: int, slices: list[Slice], vocab_size: int, work: str, out: str) -> dict:
+    """Pass 3 for one shard: write it to a temp file, hash it, publish it atomically."""
+    schema = instance_schema(vocab_size)
+    fs, _ = filesystem(work)
+    rows_per_bin: Counter = Counter()
+    tokens = 0
+    fd, tmp = tempfile.mkstemp(suffix=".parquet", prefix=f".shard-{index:05d}-")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            cache: dict[tuple[int, int], pa.Table] = {}
+            for sl in slices:
+                key = (sl.bin, sl.block)
+                if key not in cache:
+                    cache.clear()  # slices come in (bin, block) order: keep one file at a time
+                    path = join(work, "instances", f"bin-{sl.bin:04d}", f"block-{sl.block:05d}.parquet")
+                    cache[key] = pq.read_table(filesystem(path)[1], filesystem=fs).cast(schema)
+                part = cache[key].slice(sl.start, sl.length)
+                writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+                rows_per_bin[sl.bin] += sl.length
+                tokens += int(pc.sum(part.column("num_tokens")).as_py() or 0)
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        name = f"shard-{index:05d}.parquet"
+        upload_atomic(tmp, join(out, name))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"file": name, "rows": sum(rows_per_bin.values()), "sha256": digest.hexdigest(),
+            "rows_per_bin": {str(k): v for k, v in sorted(rows_per_bin.items())},
+            "tokens": tokens}
+
+
+def merge_bins(block_results: list[dict]) -> dict[int, dict[int, int]]:
+    rows: dict[int, dict[int, int]] = defaultdict(dict)
+    for r in block_results:
+        for b, n in r["rows_per_bin"].items():
+            rows[int(b)][r["block"]] = n
+    return dict(rows)

@@ -1,0 +1,173 @@
+"""WordPiece: load or train a vocab, build the tokenizer, encode sentences to flat id arrays.
+
+The tokenizer is the Rust `tokenizers` pipeline that `transformers.BertTokenizerFast` builds
+(BertNormalizer + BertPreTokenizer + WordPiece), so ids equal BertTokenizerFast's for the
+same vocab and casing. It does the lower-casing, accent stripping and CJK splitting that
+BERT uncased does. Per-token work happens in Rust or numpy, never in a Python loop.
+
+Never reads the vocab from anywhere but what it is given, and never adds [CLS]/[SEP]
+(pipeline/instances.py places them).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+
+from pipeline.errors import InputError
+from pipeline.schema import SPECIAL_TOKENS
+
+
+def _read_vocab_file(path: str) -> bytes:
+    if "://" in path:
+        from smart_open import open as smart_open  # s3://, gs://, https://
+        with smart_open(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def load_vocab(path_or_text: str | os.PathLike, *, name: str | None = None) -> list[str]:
+    """Read and validate a `vocab.txt` (one token per line; the line number is the id).
+
+    `path_or_text` is a local or s3:// path, or the file's text already read (any string
+    with a newline in it); `name` is how errors refer to it (default: the path).
+    Raises `InputError("vocab NAME: ...")` if it is unreadable, not UTF-8, empty, has an
+    empty line or a duplicate token, or lacks one of `SPECIAL_TOKENS`.
+    """
+    if isinstance(path_or_text, str) and "\n" in path_or_text:
+        text, name = path_or_text, name or "(text)"
+    else:
+        name = name or str(path_or_text)
+        try:
+            data = _read_vocab_file(str(path_or_text))
+        except OSError as e:
+            raise InputError(f"vocab {name}: cannot read it ({e.strerror or e}); "
+                             "pass an existing vocab.txt") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"vocab {name}: not UTF-8 text (bad byte at offset {e.start}); "
+                             "a vocab.txt is UTF-8, one token per line") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline after the last token
+    tokens = [t[:-1] if t.endswith("\r") else t for t in lines]
+    if not tokens:
+        raise InputError(f"vocab {name}: empty; a vocab.txt has one token per line")
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if not t.strip():
+            raise InputError(f"vocab {name}: line {i + 1} is empty or blank; "
+                             "each line must hold one token")
+        if t in seen:
+            raise InputError(f"vocab {name}: token {t!r} appears twice "
+                             f"(lines {seen[t] + 1} and {i + 1}); ids must be unique")
+        seen[t] = i
+    missing = [t for t in SPECIAL_TOKENS if t not in seen]
+    if missing:
+        raise InputError(f"vocab {name}: missing special token(s) {' '.join(missing)}; "
+                         f"a BERT vocab needs {' '.join(SPECIAL_TOKENS)}")
+    return tokens
+
+
+def _bert_normalizer(do_lower_case: bool) -> normalizers.BertNormalizer:
+    # strip_accents=None follows lowercase, as in BERT uncased / BertTokenizerFast.
+    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                      strip_accents=None, lowercase=do_lower_case)
+
+
+def build_tokenizer(vocab: list[str], do_lower_case: bool) -> Tokenizer:
+    """The WordPiece tokenizer that BertTokenizerFast builds for `vocab` and casing.
+
+    Cheap (≈ 30 ms for 30k tokens): Ray workers get the vocab list and call this.
+    Special tokens are not matched in the text: a literal "[SEP]" in a document is split
+    like any other text ("[", "sep", "]"), as Google's tokenizer does, where
+    BertTokenizerFast would turn it into the real separator id.
+    """
+    model = WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
+                      max_input_chars_per_word=100)
+    tok = Tokenizer(model)
+    tok.normalizer = _bert_normalizer(do_lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> list[str]:
+    """Train a WordPiece vocab of at most `vocab_size` tokens on `texts` (Rust, all cores).
+
+    Special tokens come first as `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4), then the
+    alphabet and the learned pieces in the trainer's order, which is deterministic for
+    the same input.
+    """
+    tok = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = _bert_normalizer(do_lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, limit_alphabet=1000,
+                               special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                               continuing_subword_prefix="##")
+    tok.train_from_iterator(texts, trainer)
+    by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    vocab = [t for t, _ in by_id]
+    assert [i for _, i in by_id] == list(range(len(vocab))), "trained ids are not contiguous"
+    assert tuple(vocab[:len(SPECIAL_TOKENS)]) == SPECIAL_TOKENS, vocab[:len(SPECIAL_TOKENS)]
+    return vocab
+
+
+def encode_sentences(tokenizer: Tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `sentences`, no special tokens: (flat int32 ids, int32 length each).
+
+    A sentence that encodes to nothing keeps length 0 (the caller drops it).
+    """
+    # encode_batch_fast skips the character offsets we never use (≈ 1.5x faster than
+    # encode_batch). Measured on 1 MB of Wikipedia (215k tokens, one core): ids lists 11 ms,
+    # then fromiter over chain 4 ms, vs 9 ms for concatenating one array per sentence,
+    # 5 ms for np.array(list(chain)); encoding itself takes ≈ 360 ms.
+    encodings = tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
+    ids = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32,
+                       count=int(lengths.sum()))
+    return flat, lengths
+
+
+_UNUSED = re.compile(r"\[unused\d+\]")
+
+
+@dataclass(frozen=True)
+class VocabInfo:
+    """Ids the instance builder and the masker need, derived once from the vocab."""
+    size: int
+    """Number of tokens (ids are 0..size-1)"""
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    special_ids: np.ndarray
+    """int32 ids of `SPECIAL_TOKENS`: never chosen for masking"""
+    is_subword: np.ndarray
+    """bool per id: the token is a "##" continuation (whole-word masking groups on it)"""
+    random_ids: np.ndarray
+    """int32 ids the 10% random replacement draws from: all but specials and [unusedN]"""
+
+    @classmethod
+    def from_vocab(cls, vocab: list[str]) -> "VocabInfo":
+        index = {t: i for i, t in enumerate(vocab)}
+        special = np.array([index[t] for t in SPECIAL_TOKENS], dtype=np.int32)
+        is_subword = np.fromiter((t.startswith("##") for t in vocab), dtype=np.bool_,
+                                 count=len(vocab))
+        keep = np.ones(len(vocab), dtype=np.bool_)
+        keep[special] = False
+        keep[[i for i, t in enumerate(vocab) if _UNUSED.fullmatch(t)]] = False
+        return cls(size=len(vocab), pad_id=index["[PAD]"], unk_id=index["[UNK]"],
+                   cls_id=index["[CLS]"], sep_id=index["[SEP]"], mask_id=index["[MASK]"],
+                   special_ids=special, is_subword=is_subword,
+                   random_ids=np.flatnonzero(keep).astype(np.int32))

@@ -1,0 +1,98 @@
+"""Shared fixtures: pinned real assets, a local Ray instance, a moto S3 server.
+
+Everything here starts real services on 127.0.0.1 and stops them afterwards.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """A real 6-layer BERT in HF format (config.json, model.safetensors, vocab.txt)."""
+    from jobs.assets import fetch
+    return fetch("minilm")
+
+
+@pytest.fixture(scope="session")
+def bert_vocab(minilm_dir):
+    """The real bert-base-uncased vocab.txt (30,522 tokens)."""
+    return minilm_dir / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def wiki_jsonl():
+    """10,033 English Wikipedia lead sections as JSONL with a `text` field."""
+    from jobs.assets import wiki_jsonl
+    return wiki_jsonl()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL and sets AWS_* for clients."""
+    port = free_port()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    try:
+        wait_for_port(port, proc=proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+        yield endpoint
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray instance for the session (4 logical CPUs so Data and Train never starve).
+
+    Starts after the S3 server so that workers inherit its endpoint and credentials.
+    """
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    env_vars = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL",
+                                            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION") if k in os.environ}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env_vars} if env_vars else None)
+    yield ray
+    ray.shutdown()
