@@ -45,24 +45,47 @@ def ray_mapper(address: str | None) -> Mapper:
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
                  runtime_env={"env_vars": _worker_env()})
     from ray.data import DataContext
-    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    DataContext.get_current().enable_progress_bars = False  # the driver logs progress itself
 
     def run(fn, items, name):
         if not items:
             return []
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(lambda row: {"result": json.dumps(fn(row))}, num_cpus=1)
-        try:
-            rows = ds.take_all()
-        except Exception as e:  # surface our own one-line errors, not Ray's wrapping
-            raise _user_error_in(e) or e
-        return [json.loads(r["result"]) for r in rows]
+        ds = ds.map(lambda row: {"result": json.dumps(_catching_user_errors(fn, row))},
+                    num_cpus=1)
+        progress = _Progress(name, len(items))
+        results = []
+        for row in ds.iter_rows():
+            result = json.loads(row["result"])
+            if "user_error" in result:  # our own one-line error, not Ray's wrapping of it
+                raise InputError(result["user_error"])
+            results.append(result)
+            progress.step()
+        return results
     return run
 
 
 def local_mapper(fn, items, name) -> list[dict]:
     """The same passes in this process, one item after another (benchmarks, debugging)."""
-    return [fn(item) for item in items]
+    progress = _Progress(name, len(items))
+    results = []
+    for item in items:
+        results.append(fn(item))
+        progress.step()
+    return results
+
+
+class _Progress:
+    """'[prepare] tokenize: 3/12 (25%)' lines from the driver, at most one per 5 s."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done, self.last = name, total, 0, time.time()
+
+    def step(self):
+        self.done += 1
+        if self.done == self.total or time.time() - self.last >= 5:
+            self.last = time.time()
+            log(f"  {self.name}: {self.done}/{self.total} ({100 * self.done // self.total}%)")
 
 
 def _worker_env() -> dict:
@@ -73,15 +96,12 @@ def _worker_env() -> dict:
     return env
 
 
-def _user_error_in(e: BaseException) -> InputError | None:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, InputError):
-            return InputError(str(e))
-        cause = getattr(e, "cause", None)
-        e = cause if isinstance(cause, BaseException) else e.__cause__
-    return None
+def _catching_user_errors(fn, row) -> dict:
+    """Run `fn` in a worker; a user error travels back as data, to be raised by the driver."""
+    try:
+        return fn(row)
+    except InputError as e:
+        return {"user_error": str(e)}
 
 
 def _job_key(cfg: PrepareConfig, files: list[tuple[str, int]], vocab_sha: str) -> str:

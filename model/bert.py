@@ -207,7 +207,7 @@ class BertModel(BertPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
-        mask = None
+        mask = None  # None (no padding at all) lets SDPA pick its flash kernel on a GPU
         if attention_mask is not None:
             mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T): every query, same keys
         x, hidden_states = self.encoder(x, mask, output_hidden_states)

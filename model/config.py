@@ -29,7 +29,7 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 @dataclass
 class BertConfig:
     vocab_size: int = 30522
-    """Rows of the word embedding (may exceed the vocab.txt length, e.g. padded to a multiple of 8)"""
+    """Rows of the word embedding (may exceed vocab.txt, e.g. padded to a multiple of 8)"""
     hidden_size: int = 768
     """Width H of every token vector"""
     num_hidden_layers: int = 12
@@ -86,7 +86,7 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BertConfig:
-        """From a HF config dict; keys that are not fields here (`architectures`, ...) are ignored."""
+        """From a HF config dict; keys that are not fields (`architectures`, ...) are ignored."""
         if d.get("model_type", "bert") != "bert":
             raise InputError(f"model_type {d['model_type']!r} is not BERT")
         if d.get("position_embedding_type", "absolute") != "absolute":

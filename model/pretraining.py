@@ -106,7 +106,8 @@ class BertForPreTraining(BertPreTrainedModel):
             mlm_loss, mlm_acc = masked_lm_loss(prediction_logits, targets)
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1).long())
-            nsp_acc = (nsp_logits.detach().argmax(-1) == next_sentence_label.view(-1)).float().mean()
+            nsp_right = nsp_logits.detach().argmax(-1) == next_sentence_label.view(-1)
+            nsp_acc = nsp_right.float().mean()
         losses = [t for t in (mlm_loss, nsp_loss) if t is not None]
         result = BertForPreTrainingOutput(
             loss=sum(losses) if losses else None, prediction_logits=prediction_logits,

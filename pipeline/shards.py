@@ -29,7 +29,7 @@ from pipeline.config import PrepareConfig
 from pipeline.instances import create_block_instances
 from pipeline.read import FileStats, read_documents
 from pipeline.schema import instance_schema, length_bin
-from pipeline.storage import filesystem, join, list_names, upload_atomic
+from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
 from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences
 
 TOKENS_SCHEMA = pa.schema([
@@ -70,7 +70,7 @@ class _PieceWriter:
                           _list_array(lens, pa.int32())], schema=TOKENS_SCHEMA)
         if self.writer is None:
             fs, inner = filesystem(self.path)
-            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+            ensure_parent(self.path)
             self.writer = pq.ParquetWriter(inner, TOKENS_SCHEMA, filesystem=fs)
         self.writer.write_table(table)
         self.rows, self.tokens = [], 0
@@ -176,9 +176,8 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
     for b in np.unique(bins):
         lo, hi = np.searchsorted(bins, b), np.searchsorted(bins, b, side="right")
         path = join(work, "instances", f"bin-{int(b):04d}", f"block-{block_id:05d}.parquet")
-        inner = filesystem(path)[1]
-        fs_out.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(instances.slice(lo, hi - lo), inner, filesystem=fs_out)
+        ensure_parent(path)
+        pq.write_table(instances.slice(lo, hi - lo), filesystem(path)[1], filesystem=fs_out)
         rows_per_bin[int(b)] = int(hi - lo)
     labels = instances.column("next_sentence_label").to_numpy()
     masked = pc.list_value_length(instances.column("masked_lm_ids")).to_numpy()

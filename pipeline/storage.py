@@ -160,6 +160,8 @@ def delete(path: str) -> None:
         fs.delete_file(inner)
 
 
-def local_scratch(path: str) -> bool:
-    fs, _ = filesystem(path)
-    return isinstance(fs, pafs.LocalFileSystem)
+def ensure_parent(path: str) -> None:
+    """Create the parent directory of a local path (object stores need none)."""
+    fs, inner = filesystem(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        Path(inner).parent.mkdir(parents=True, exist_ok=True)

@@ -23,14 +23,11 @@ from tokenizers.trainers import WordPieceTrainer
 
 from pipeline.errors import InputError
 from pipeline.schema import SPECIAL_TOKENS
+from pipeline.storage import is_remote, open_binary
 
 
 def _read_vocab_file(path: str) -> bytes:
-    if "://" in path:
-        from smart_open import open as smart_open  # s3://, gs://, https://
-        with smart_open(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
+    with (open_binary(path) if is_remote(path) else open(path, "rb")) as f:
         return f.read()
 
 
@@ -100,25 +97,37 @@ def build_tokenizer(vocab: list[str], do_lower_case: bool) -> Tokenizer:
     return tok
 
 
-def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> list[str]:
-    """Train a WordPiece vocab of at most `vocab_size` tokens on `texts` (Rust, all cores).
-
-    Special tokens come first as `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4), then the
-    alphabet and the learned pieces in the trainer's order, which is deterministic for
-    the same input.
-    """
+def _train(texts: Iterable[str], vocab_size: int, do_lower_case: bool,
+           special_tokens: list[str]) -> dict[str, int]:
     tok = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = _bert_normalizer(do_lower_case)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, limit_alphabet=1000,
-                               special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                               special_tokens=special_tokens, show_progress=False,
                                continuing_subword_prefix="##")
     tok.train_from_iterator(texts, trainer)
-    by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    vocab = [t for t, _ in by_id]
-    assert [i for _, i in by_id] == list(range(len(vocab))), "trained ids are not contiguous"
-    assert tuple(vocab[:len(SPECIAL_TOKENS)]) == SPECIAL_TOKENS, vocab[:len(SPECIAL_TOKENS)]
-    return vocab
+    return tok.get_vocab()
+
+
+def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> list[str]:
+    """Train a WordPiece vocab of at most `vocab_size` tokens on `texts` (Rust, all cores).
+
+    Special tokens come first as `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0-4), then the
+    trainer's order. `texts` is read twice (pass a list): the same texts give the same vocab.
+
+    Why twice: tokenizers 0.23 gives the "##x" continuation characters ids in Rust HashMap
+    order (seeded per run), and merges of equal count are tie-broken by id, so one run in
+    five or so learns a different token (huggingface/tokenizers#1794). A first pass with
+    vocab_size 0 (counting only, ≈ 2/3 of a full run) finds those characters; the second
+    pass registers them up front, in sorted order, so every id and merge is reproducible.
+    """
+    texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+    alphabet = _train(texts, 0, do_lower_case, list(SPECIAL_TOKENS))
+    continuations = sorted(t for t in alphabet if t.startswith("##"))
+    vocab = _train(texts, vocab_size, do_lower_case, list(SPECIAL_TOKENS) + continuations)
+    by_id = sorted(vocab, key=vocab.__getitem__)
+    assert tuple(by_id[:len(SPECIAL_TOKENS)]) == SPECIAL_TOKENS, by_id[:len(SPECIAL_TOKENS)]
+    return by_id
 
 
 def encode_sentences(tokenizer: Tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:

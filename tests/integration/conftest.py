@@ -1,0 +1,27 @@
+"""Integration fixtures: a real MLflow server on 127.0.0.1, stopped after the session."""
+from __future__ import annotations
+
+import pytest
+
+from jobs.tracking import lean_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A lean MLflow server (SQLite, --artifacts-destination in tmp, one worker, no job
+    runner) on a free 127.0.0.1 port; yields its tracking URI."""
+    with lean_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def wiki_shards(wiki_jsonl, tmp_path_factory):
+    """The Wikipedia fixture prepared by the real `bertpipe prepare` (local executor): a
+    4096-token WordPiece vocab trained on it, seq 128, 6 shards (1 held out for eval)."""
+    from jobs.prepare import main as prepare
+    out = tmp_path_factory.mktemp("wiki-shards") / "wiki128"
+    code = prepare(["--input", str(wiki_jsonl), "--format", "jsonl", "--vocab-size", "4096",
+                    "--output", str(out), "--max-seq-length", "128", "--dupe-factor", "1",
+                    "--num-shards", "6", "--executor", "local"])
+    assert code in (0, None)
+    return out

@@ -1,0 +1,133 @@
+"""`bertpipe pretrain` end to end: real shards from `bertpipe prepare`, Ray Train with 2 CPU
+workers, DeepSpeed ZeRO 1/2/3, checkpoints, restarts and MLflow.
+
+All runs use bert-tiny on the Wikipedia fixture (4096-token vocab, seq 128) and log every
+step to MLflow, whose metric histories are what the tests compare.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from jobs.pretrain import TrainingFailed, run
+from jobs.pretrain_config import PretrainConfig, load_preset
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pretrain")
+
+
+def pretrain(workdir: Path, data: Path, run_name: str, **overrides) -> dict:
+    values = {**dataclasses.asdict(load_preset("pretrain-bert-tiny-cpu")),
+              "data": str(data), "run_name": run_name, "storage_path": str(workdir / "ray"),
+              "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "max_steps": STEPS,
+              "warmup_steps": 8, "learning_rate": 2e-3, "log_every": 1, "eval_every": 0,
+              "eval_samples": 256, "checkpoint_every": 10, "zero_stage": 2, **overrides}
+    return run(PretrainConfig(**values))
+
+
+def history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
+    """step -> value; a step logged twice (before and after a restart) keeps its last value."""
+    from mlflow import MlflowClient
+    points = MlflowClient(tracking_uri).get_metric_history(run_id, key)
+    return {p.step: p.value for p in sorted(points, key=lambda p: p.timestamp)}
+
+
+@pytest.fixture(scope="module")
+def runs(workdir, wiki_shards, ray_local):
+    """Runs by name, each trained once per module and shared by the tests that read it."""
+    cache: dict[str, dict] = {}
+
+    def get(name: str, **overrides) -> dict:
+        if name not in cache:
+            cache[name] = pretrain(workdir, wiki_shards, name, **overrides)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_mlm_loss_falls_clearly_below_ln_vocab_with_zero_stage(stage, runs, workdir):
+    summary = runs(f"zero{stage}", zero_stage=stage)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlm = history(uri, summary["run_id"], "mlm_loss")
+    ln_v = math.log(4096)
+    assert sorted(mlm) == list(range(1, STEPS + 1))
+    assert abs(mlm[1] - ln_v) < 0.1 * ln_v            # starts at chance: ~ln(vocab)
+    assert summary["metrics"]["eval_mlm_loss"] < 0.85 * ln_v
+    assert sum(mlm[s] for s in range(STEPS - 4, STEPS + 1)) / 5 < 0.85 * ln_v
+    assert summary["metrics"]["step"] == STEPS
+
+
+def _same_run(a: dict, b: dict, workdir: Path) -> None:
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    for key in ("loss", "mlm_loss", "nsp_loss"):
+        ha, hb = history(uri, a["run_id"], key), history(uri, b["run_id"], key)
+        assert sorted(ha) == sorted(hb) == list(range(1, STEPS + 1))
+        for step in ha:
+            assert hb[step] == pytest.approx(ha[step], rel=1e-5, abs=1e-6), (key, step)
+    # the same samples in the same order on every rank, from the first step to the last
+    assert a["metrics"]["data_digest"] == b["metrics"]["data_digest"]
+    assert a["metrics"]["samples"] == b["metrics"]["samples"] == STEPS * 32
+
+
+def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir, wiki_shards):
+    baseline = runs("zero2", zero_stage=2)
+    with pytest.raises(TrainingFailed, match="rerun the same command"):
+        pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
+    resumed = pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
+    assert resumed["metrics"]["attempts"] == 2
+    assert resumed["checkpoint"].endswith("checkpoint-00000040")
+    _same_run(baseline, resumed, workdir)
+
+
+def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir, wiki_shards):
+    baseline = runs("zero2", zero_stage=2)
+    summary = pretrain(workdir, wiki_shards, "failure", fail_at_step=15, max_failures=1)
+    assert summary["metrics"]["step"] == STEPS
+    assert summary["metrics"]["attempts"] == 2          # restarted once, from step 10
+    assert (workdir / "ray" / "failure" / ".fail-at-step-15.done").exists()
+    _same_run(baseline, summary, workdir)
+
+
+def test_checkpoints_keep_the_last_k_and_hold_every_ranks_state(runs, workdir):
+    summary = runs("zero3", zero_stage=3)
+    run_dir = Path(summary["checkpoint"]).parent
+    kept = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert kept == ["checkpoint-00000030", "checkpoint-00000040"]   # keep_checkpoints: 2
+    last = run_dir / kept[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == STEPS and state["micro_batches"] == STEPS
+    shards = sorted(p.name for p in (last / "deepspeed").glob("*optim_states.pt"))
+    assert len(shards) == 2                                         # one per rank
+    assert {p.name for p in (last / "hf").iterdir()} >= {"config.json", "model.safetensors",
+                                                         "vocab.txt"}
+
+
+def test_phase2_starts_from_phase1_weights_with_a_fresh_schedule(runs, workdir, wiki_shards):
+    phase1 = runs("zero1", zero_stage=1)
+    phase2 = pretrain(workdir, wiki_shards, "phase2", init_from=phase1["checkpoint"],
+                      max_steps=4, warmup_steps=2, zero_stage=1)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    lr = history(uri, phase2["run_id"], "learning_rate")
+    assert lr[1] == pytest.approx(2e-3 / 2)                         # warmup starts again
+    mlm = history(uri, phase2["run_id"], "mlm_loss")
+    assert mlm[1] < 0.9 * math.log(4096)                             # not a fresh model
+
+
+def test_a_job_with_an_unreachable_tracking_server_still_trains(workdir, wiki_shards, ray_local,
+                                                                capfd):
+    from tests.conftest import free_port
+    summary = pretrain(workdir, wiki_shards, "no-mlflow", max_steps=3, checkpoint_every=3,
+                       tracking_uri=f"http://127.0.0.1:{free_port()}")
+    assert summary["run_id"] is None
+    assert summary["metrics"]["step"] == 3
+    assert "could not create or find the run" in capfd.readouterr().err
