@@ -236,6 +236,7 @@ class MetricLogger:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
+        self._deadline = float("inf")
         self._down = False
         self.sent = 0
         self.dropped = 0
@@ -285,24 +286,25 @@ class MetricLogger:
                     print(f"[tracking] MLflow at {self.tracking_uri} is reachable again; "
                           "buffered metrics sent", file=sys.stderr, flush=True)
                     self._down = False
+                if self._closing:
+                    return
             except Exception as e:
                 if not self._down:
                     _warn(f"MLflow at {self.tracking_uri} unreachable ({type(e).__name__}); "
                           f"training goes on, metrics are buffered and retried every "
                           f"{self.retry_s:g}s")
                     self._down = True
-                if self._closing:
+                if self._closing and time.time() >= self._deadline:
                     return
                 time.sleep(self.retry_s)
-                continue
-            if self._closing:
-                return
 
     def close(self, timeout: float = 30.0) -> None:
-        """Send what is buffered (waiting at most `timeout` s); warn about what is left."""
+        """Send what is buffered, then stop. Waits up to `timeout` s while the server answers;
+        if it is down right now, gives it two more tries. Warns about what could not be sent."""
+        self._deadline = time.time() + (min(timeout, 2 * self.retry_s) if self._down else timeout)
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, self._deadline - time.time()) + 15)
         left = self.pending()
         if left or self.dropped:
             _warn(f"{left + self.dropped} metric values could not be sent to {self.tracking_uri}")

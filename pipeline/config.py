@@ -53,7 +53,7 @@ class PrepareConfig:
     """Number of output shards (balanced: row counts equal +-1)"""
     bin_size: int = 32
     """Width of sequence-length bins in tokens (0 = no binning)"""
-    block_bytes: int = 64_000_000
+    block_bytes: int = 16_000_000
     """Input bytes per shuffle block; the random next sentence comes from the same block"""
     overwrite: bool = False
     """Replace an existing output made with different inputs or options"""

@@ -88,8 +88,10 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
         r1 = min(r0 + BATCH_ROWS, len(lengths))
         lens = lengths[r0:r1]
         width = int(lens.max()) if len(lens) else 0
+        # the batch as a (rows, width) matrix padded with [PAD] (a special: never chosen)
+        starts = offsets[r0:r1] - offsets[r0]
         rows = np.repeat(np.arange(r1 - r0), lens)
-        cols = np.arange(offsets[r1] - offsets[r0]) - np.repeat(offsets[r0:r1] - offsets[r0], lens)
+        cols = np.arange(offsets[r1] - offsets[r0]) - np.repeat(starts, lens)
         tok2d = np.full((r1 - r0, width), vocab.pad_id, dtype=tokens.dtype)
         tok2d[rows, cols] = tokens[offsets[r0]:offsets[r1]]
         chosen = _mask_rows(tok2d, lens, rng, cfg, vocab)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import PrepareConfig
-from pipeline.instances import create_block_instances
+from pipeline.instances import create_block_instances_flat
 from pipeline.read import FileStats, read_documents
 from pipeline.schema import instance_schema, length_bin
 from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
@@ -59,8 +59,6 @@ class _PieceWriter:
     def add(self, key: int, ids: np.ndarray, lengths: np.ndarray):
         self.rows.append((key, ids, lengths))
         self.tokens += len(ids)
-        if self.tokens >= PIECE_FLUSH_TOKENS:
-            self.flush()
 
     def flush(self):
         if not self.rows:
@@ -128,6 +126,9 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
             writers[block].add(key, ids[lo:hi], kept.astype(np.int32))
             tokens += hi - lo
         docs.clear()
+        if sum(w.tokens for w in writers.values()) >= PIECE_FLUSH_TOKENS:
+            for w in writers.values():  # memory stays bounded whatever the file's size
+                w.flush()
 
     for doc in read_documents(path, cfg.format, stats, cfg.text_field, cfg.text_column):
         docs.append(doc)
@@ -154,19 +155,14 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
         pq.read_table(filesystem(join(piece_dir, n))[1], filesystem=fs) for n in names)
     order = np.argsort(table.column("doc_key").to_numpy(), kind="stable")
     table = table.take(pa.array(order))
-    ids_col = table.column("ids").combine_chunks()
-    len_col = table.column("sentence_lengths").combine_chunks()
-    flat_ids = ids_col.values.to_numpy()
-    id_offsets = ids_col.offsets.to_numpy()
-    flat_lens = len_col.values.to_numpy()
-    len_offsets = len_col.offsets.to_numpy()
-    documents = []
-    for d in range(len(table)):
-        ids = flat_ids[id_offsets[d]:id_offsets[d + 1]]
-        lens = flat_lens[len_offsets[d]:len_offsets[d + 1]]
-        documents.append(np.split(ids, np.cumsum(lens)[:-1]))
-    del table, ids_col, len_col
-    instances = create_block_instances(documents, cfg, vocab, cfg.random_seed, block_id)
+    ids = table.column("ids").combine_chunks().values.to_numpy()
+    lengths_col = table.column("sentence_lengths").combine_chunks()
+    sentence_lengths = lengths_col.values.to_numpy()
+    per_doc = np.diff(lengths_col.offsets.to_numpy())
+    num_documents = len(table)
+    del table, lengths_col
+    instances = create_block_instances_flat(ids, sentence_lengths, per_doc, cfg, vocab,
+                                            cfg.random_seed, block_id)
     num_tokens = instances.column("num_tokens").to_numpy()
     bins = length_bin(num_tokens.astype(np.int64), cfg.bin_size)
     order = np.argsort(bins, kind="stable")
@@ -182,7 +178,7 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
     labels = instances.column("next_sentence_label").to_numpy()
     masked = pc.list_value_length(instances.column("masked_lm_ids")).to_numpy()
     return {"block": block_id, "rows_per_bin": rows_per_bin, "instances": len(instances),
-            "documents": len(documents), "tokens": int(num_tokens.sum()),
+            "documents": num_documents, "tokens": int(num_tokens.sum()),
             "masked_tokens": int(masked.sum()), "random_next": int(labels.sum())}
 
 

@@ -2,7 +2,6 @@
 that match Google's `create_pretraining_data.py` on real Wikipedia text."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 

@@ -54,6 +54,13 @@ def test_load_vocab_accepts_already_read_text_and_crlf():
     assert load_vocab(text) == list(SPECIAL_TOKENS) + ["hello", "##s"]
 
 
+def test_load_vocab_names_text_read_elsewhere_in_its_errors():
+    with pytest.raises(InputError, match=r"^vocab s3://b/vocab\.txt: empty"):
+        load_vocab("", name="s3://b/vocab.txt")
+    with pytest.raises(InputError, match=r"^vocab s3://b/vocab\.txt: missing special"):
+        load_vocab("[PAD]", name="s3://b/vocab.txt")
+
+
 def test_load_vocab_reads_s3(s3_server, bert_vocab):
     import boto3
     s3 = boto3.client("s3", endpoint_url=s3_server)
@@ -64,7 +71,8 @@ def test_load_vocab_reads_s3(s3_server, bert_vocab):
 
 @pytest.mark.parametrize("content, problem", [
     (b"", "empty"),
-    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncat\ndog\ncat\n".encode(), "token 'cat' appears twice (lines 6 and 8)"),
+    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncat\ndog\ncat\n".encode(),
+     "token 'cat' appears twice (lines 6 and 8)"),
     ("[PAD]\n[UNK]\n[CLS]\n[SEP]\ncat\n".encode(), "missing special token(s) [MASK]"),
     ("[PAD]\n[UNK]\n\n[CLS]\n[SEP]\n[MASK]\n".encode(), "line 3 is empty"),
     (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncaf\xe9\n", "not UTF-8"),
@@ -109,7 +117,8 @@ def test_token_ids_equal_bert_tokenizer_fast_on_accents_cjk_and_control_text(
     hf = _hf_tokenizer(bert_vocab, tmp_path_factory, do_lower_case)
     ours = build_tokenizer(vocab, do_lower_case)
     texts = ["\u00dcn\u00efc\u00f6d\u00e9 \u00df \ufb01 caf\u00e9 na\u00efve Cafe\u0301",
-             "東京は日本の首都。中文字符 한국어", "tab\there\u200bzwsp\u00adsoft\x00nul",
+             "東京は日本の首都。中文字符 한국어",
+             "tab\there\u200bzwsp\u00adsoft\x00nul",
              "x" * 150, "\u0130stanbul \u03a3\u0391\u03a3 \u01c5", "\ufffd replaced",
              "emoji \U0001f44d\U0001f3fd and \U0001f1e9\U0001f1ea", "don't stop-me now!!"]
     assert [e.ids for e in ours.encode_batch(texts, add_special_tokens=False)] == \
