@@ -1,10 +1,11 @@
 """`bertpipe bench prepare`: the pipeline's cost per input token against bare `tokenizers`.
 
 On one core (CPU affinity and one Rust thread), in separate processes so each peak RSS is its
-own: (1) bare `tokenizers` batch encoding of the corpus's texts, (2) the whole prepare job
-(read, normalize, split, tokenize, pair, mask, write shards) on the same corpus, in process
-(`--executor local`, dupe factor 1), (3) the same job on a corpus 10× larger. Prints tokens/s,
-the cost ratio (target ≤ 2×) and peak RSS of each (target: flat in corpus size).
+own: (1) the whole prepare job (read, normalize, split, tokenize, pair, mask, write shards),
+in process (`--executor local`, dupe factor 1), on the corpus; (2) bare `tokenizers` batch
+encoding of the texts of a corpus 10x larger (the corpus repeated); (3) the prepare job on
+that larger corpus. Prints tokens/s, the cost ratio on the large corpus (target <= 2x) and the
+peak RSS of each run (target: flat in corpus size).
 """
 from __future__ import annotations
 
@@ -89,24 +90,27 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.scale):
                 f.write(data)
         print(f"corpus: {corpus} ({len(data) / 1e6:.1f} MB); large: {args.scale}x", flush=True)
-        bare = _run("tokenizers", corpus, vocab, args.block_bytes)
         small = _run("pipeline", corpus, vocab, args.block_bytes)
+        bare = _run("tokenizers", big, vocab, args.block_bytes)
         large = _run("pipeline", big, vocab, args.block_bytes)
+    # The cost ratio is taken on the large corpus, where one-off costs (imports, the
+    # tokenizer's warm-up) are spread over enough tokens to show the cost per token.
     bare_rate = bare["tokens"] / bare["seconds"]
     rate = small["tokens"] / small["seconds"]
     large_rate = large["tokens"] / large["seconds"]
-    print(f"bare tokenizers (1 core):  {bare_rate:>12,.0f} tokens/s   peak RSS "
+    print(f"bare tokenizers, {args.scale}x corpus:  {bare_rate:>10,.0f} tokens/s   peak RSS "
           f"{bare['peak_rss_mb']:,.0f} MB")
-    print(f"prepare pipeline (1 core): {rate:>12,.0f} tokens/s   peak RSS "
+    print(f"prepare, {args.scale}x corpus:          {large_rate:>10,.0f} tokens/s   peak RSS "
+          f"{large['peak_rss_mb']:,.0f} MB   ({large['instances']} instances)")
+    print(f"prepare, 1x corpus:           {rate:>10,.0f} tokens/s   peak RSS "
           f"{small['peak_rss_mb']:,.0f} MB   ({small['instances']} instances)")
-    print(f"prepare, {args.scale}x corpus:      {large_rate:>12,.0f} tokens/s   peak RSS "
-          f"{large['peak_rss_mb']:,.0f} MB")
-    print(f"cost ratio (pipeline / bare tokenization per input token): "
-          f"{bare_rate / rate:.2f}x (target <= 2x)")
+    print(f"cost ratio (pipeline / bare tokenization per input token, 1 core): "
+          f"{bare_rate / large_rate:.2f}x (target <= 2x)")
     print(f"peak RSS ratio ({args.scale}x corpus / 1x): "
           f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f} (target: flat)")
-    print(json.dumps({"bare_tokens_per_s": round(bare_rate), "pipeline_tokens_per_s": round(rate),
-                      "cost_ratio": round(bare_rate / rate, 3),
+    print(json.dumps({"bare_tokens_per_s": round(bare_rate),
+                      "pipeline_tokens_per_s": round(large_rate),
+                      "cost_ratio": round(bare_rate / large_rate, 3),
                       "peak_rss_mb": round(small["peak_rss_mb"]),
                       "peak_rss_mb_large": round(large["peak_rss_mb"])}))
     return 0

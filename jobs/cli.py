@@ -17,6 +17,7 @@ COMMANDS = {
     "embed": "jobs.embed",
     "workflow": "jobs.workflow",
     "submit": "jobs.submit",
+    "cluster": "jobs.cluster",
 }
 BENCHES = {
     "prepare": "jobs.bench_prepare",
@@ -34,6 +35,7 @@ commands:
   embed       feature vectors for a data file (Ray Data batch inference)
   workflow    prepare -> pretrain -> finetune -> evaluate, idempotent
   submit      submit a bertpipe command as a Ray job
+  cluster     start/stop a local multi-node Ray cluster and MLflow server (up|down|status)
   bench NAME  benchmarks: prepare, step, pretrain
 
 `bertpipe COMMAND --help` shows each command's options."""

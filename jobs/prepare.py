@@ -271,13 +271,17 @@ def _summary(m: dict, elapsed: float) -> None:
         + "".join(f"\n[prepare]   skipped {n} x {r}" for r, n in m["skipped"]["by_reason"].items()))
 
 
-@user_errors
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bertpipe prepare",
         description="Turn corpora into masked, length-binned BERT pretraining shards.")
     add_config_args(parser, PrepareConfig)
-    args = parser.parse_args(argv)
+    return parser
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cfg = resolve(PrepareConfig, args)
     manifest = prepare(cfg)
     print(json.dumps({"output": cfg.output, **manifest["counts"],

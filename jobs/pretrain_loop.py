@@ -88,6 +88,11 @@ def save_checkpoint(engine, cfg, state: dict, metrics: dict, rank: int, vocab: l
             (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=f"checkpoint-{step:08d}")
+        if rank == 0:
+            # the controller registers a report when it next polls the workers; a worker lost
+            # before that would lose the checkpoint, so wait until it is committed
+            ray.train.get_all_reported_checkpoints(
+                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -170,6 +175,7 @@ def train_loop(loop_config: dict) -> dict | None:
         if rank == 0:
             _print(f"resumed {run_name} from {checkpoint.path} at step {state['step']}")
     state["attempts"] += 1
+    resumed_from = state["step"]
     digest = state["digests"][rank]
 
     loader = PretrainLoader(ds, train_shards, cfg.micro_batch(), rank=rank, world_size=world,
@@ -251,7 +257,7 @@ def train_loop(loop_config: dict) -> dict | None:
     import hashlib
     train = state["metrics"].get("train", {})
     return {"step": state["step"], "samples": state["samples"] * world,
-            "attempts": state["attempts"],
+            "attempts": state["attempts"], "resumed_from": resumed_from,
             "data_digest": hashlib.sha256("".join(state["digests"]).encode()).hexdigest(),
             **{k: v for k, v in train.items() if k not in ("step", "samples")},
             **final_eval}

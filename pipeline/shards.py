@@ -69,7 +69,8 @@ class _PieceWriter:
         if self.writer is None:
             fs, inner = filesystem(self.path)
             ensure_parent(self.path)
-            self.writer = pq.ParquetWriter(inner, TOKENS_SCHEMA, filesystem=fs)
+            self.writer = pq.ParquetWriter(inner, TOKENS_SCHEMA, filesystem=fs,
+                                             compression="none")  # scratch: read once
         self.writer.write_table(table)
         self.rows, self.tokens = [], 0
 
@@ -173,7 +174,8 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
         lo, hi = np.searchsorted(bins, b), np.searchsorted(bins, b, side="right")
         path = join(work, "instances", f"bin-{int(b):04d}", f"block-{block_id:05d}.parquet")
         ensure_parent(path)
-        pq.write_table(instances.slice(lo, hi - lo), filesystem(path)[1], filesystem=fs_out)
+        pq.write_table(instances.slice(lo, hi - lo), filesystem(path)[1], filesystem=fs_out,
+                       compression="none")
         rows_per_bin[int(b)] = int(hi - lo)
     labels = instances.column("next_sentence_label").to_numpy()
     masked = pc.list_value_length(instances.column("masked_lm_ids")).to_numpy()

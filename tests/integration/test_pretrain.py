@@ -85,6 +85,7 @@ def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir, 
         pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
     resumed = pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
     assert resumed["metrics"]["attempts"] == 2
+    assert resumed["metrics"]["resumed_from"] == 20     # the last checkpoint before the stop
     assert resumed["checkpoint"].endswith("checkpoint-00000040")
     _same_run(baseline, resumed, workdir)
 
@@ -93,7 +94,8 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, wor
     baseline = runs("zero2", zero_stage=2)
     summary = pretrain(workdir, wiki_shards, "failure", fail_at_step=15, max_failures=1)
     assert summary["metrics"]["step"] == STEPS
-    assert summary["metrics"]["attempts"] == 2          # restarted once, from step 10
+    assert summary["metrics"]["attempts"] == 2          # restarted once ...
+    assert summary["metrics"]["resumed_from"] == 10     # ... from the last checkpoint
     assert (workdir / "ray" / "failure" / ".fail-at-step-15.done").exists()
     _same_run(baseline, summary, workdir)
 
@@ -131,3 +133,63 @@ def test_a_job_with_an_unreachable_tracking_server_still_trains(workdir, wiki_sh
     assert summary["run_id"] is None
     assert summary["metrics"]["step"] == 3
     assert "could not create or find the run" in capfd.readouterr().err
+
+
+def test_mlflow_server_holds_one_run_with_params_metrics_artifacts_and_the_model(
+        workdir, wiki_shards, ray_local, mlflow_server, tmp_path):
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file
+
+    from jobs.tracking import download_model
+    transformers = pytest.importorskip("transformers")
+
+    kwargs = dict(max_steps=6, log_every=2, eval_every=3, checkpoint_every=6,
+                  tracking_uri=mlflow_server, register_as="bertpipe-tiny", model_alias="phase1")
+    summary = pretrain(workdir, wiki_shards, "tracked", **kwargs)
+    again = pretrain(workdir, wiki_shards, "tracked", **kwargs)   # a rerun: same run, no new version
+    c = MlflowClient(mlflow_server)
+    exp = c.get_experiment_by_name("bertpipe-pretrain")
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`bertpipe.run_name` = 'tracked'")
+    assert [r.info.run_id for r in runs] == [summary["run_id"]] == [again["run_id"]]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["batch_size"] == "32" and params["zero_stage"] == "2"
+    assert params["model_config.vocab_size"] == "4096" and params["deepspeed.train_batch_size"] == "32"
+
+    def steps(key):
+        return sorted({m.step for m in c.get_metric_history(run.info.run_id, key)})
+    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate",
+                "grad_norm", "samples_per_s", "tokens_per_s"):
+        assert steps(key) == [2, 4, 6], key
+    assert steps("eval_mlm_accuracy") == steps("eval_nsp_accuracy") == [3, 6]
+
+    artifacts = {a.path for top in c.list_artifacts(run.info.run_id)
+                 for a in c.list_artifacts(run.info.run_id, top.path)}
+    assert {"config/pretrain.yaml", "data/manifest.json"} <= artifacts
+    config = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config/pretrain.yaml",
+                                                      str(tmp_path))).read_text())
+    assert config["max_steps"] == 6
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert dataset.name == "wiki128" and json.loads(dataset.profile)["vocab_size"] == 4096
+
+    version = c.get_model_version_by_alias("bertpipe-tiny", "phase1")
+    assert version.run_id == run.info.run_id
+    assert summary["version"] == again["version"] == int(version.version)
+    assert len(c.search_model_versions("name = 'bertpipe-tiny'")) == 1
+
+    hf = download_model("models:/bertpipe-tiny@phase1", tmp_path / "dl", mlflow_server)
+    hf_model = transformers.AutoModelForPreTraining.from_pretrained(hf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf)
+    out = hf_model(**tokenizer("the history of the city", return_tensors="pt"))
+    assert out.prediction_logits.shape[-1] == 4096
+    ours = load_file(Path(summary["checkpoint"]) / "hf" / "model.safetensors")
+    theirs = hf_model.state_dict()
+    for name, tensor in ours.items():
+        torch_equal = theirs[name].float().eq(tensor.float()).all()
+        assert torch_equal, name
+    mlflow.set_tracking_uri(mlflow_server)
+    vectors = mlflow.pyfunc.load_model("models:/bertpipe-tiny@phase1").predict(["a city"])
+    assert vectors.shape == (1, 128)

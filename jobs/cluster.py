@@ -1,0 +1,204 @@
+"""`bertpipe cluster up|down|status`: a local multi-node Ray cluster plus an MLflow server.
+
+Everything listens on 127.0.0.1 where the tool allows it: the Ray head and extra raylets are
+started with `--node-ip-address=127.0.0.1`, the dashboard (the Jobs API) and MLflow bind to
+127.0.0.1. Ray 2.60's gRPC servers still listen on every interface, which is why the
+cluster keeps Ray's token authentication on (the token lives in `~/.ray/auth_token`;
+clients need `RAY_AUTH_MODE=token`, which `bertpipe submit` sets). State (ports, pids, Ray's
+temp dir, the MLflow store) lives in one folder, so `down` stops exactly what `up` started.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+DEFAULT_DIR = Path.home() / ".cache" / "bertpipe" / "local-cluster"
+
+
+def _free_port(low: int = 20000) -> int:
+    """A free port outside Ray's default worker port range (10002-19999)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= low:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def client_env() -> dict[str, str]:
+    """Environment for Ray clients (CLI, Jobs API) of a token-authenticated cluster."""
+    env = dict(os.environ)
+    if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
+        env["RAY_AUTH_MODE"] = "token"
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
+
+
+def _wait_http(url: str, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not answer on {url} within {timeout:.0f}s")
+
+
+def state(folder: Path) -> dict | None:
+    path = folder / "cluster.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def up(folder: Path = DEFAULT_DIR, head_cpus: int = 2, workers: int = 1,
+       worker_cpus: int = 1, mlflow: bool = True) -> dict:
+    """Start the head, `workers` more raylets and MLflow; returns the addresses."""
+    folder = folder.absolute()
+    current = state(folder)
+    if current and _alive(current):
+        return current
+    if current:
+        down(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temp_dir = folder / "ray"
+    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    env = client_env()
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1",
+                    f"--port={gcs}", f"--num-cpus={head_cpus}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                    f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE", "token")
+    for _ in range(workers):
+        subprocess.run([_ray_bin(), "start", f"--address=127.0.0.1:{gcs}",
+                        "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
+                        "--disable-usage-stats"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
+            "temp_dir": str(temp_dir), "nodes": 1 + workers}
+    _wait_http(f"{info['dashboard']}/api/version", 60, "the Ray dashboard")
+    if mlflow:
+        port = _free_port()
+        store = folder / "mlflow"
+        store.mkdir(exist_ok=True)
+        log = open(folder / "mlflow.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--artifacts-destination", str(store / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        info.update(mlflow=f"http://127.0.0.1:{port}", mlflow_pid=proc.pid)
+        (folder / "cluster.json").write_text(json.dumps(info, indent=2))
+        _wait_http(f"{info['mlflow']}/health", 90, "the MLflow server")
+    (folder / "cluster.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _cluster_processes(info: dict) -> list[psutil.Process]:
+    me = psutil.Process()
+    mine = {me.pid, *(p.pid for p in me.parents())}
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.pid not in mine and any(info["temp_dir"] in arg
+                                         for arg in p.info["cmdline"] or ()):
+                procs.append(p)
+    return procs
+
+
+def _alive(info: dict) -> bool:
+    return bool(_cluster_processes(info))
+
+
+def down(folder: Path = DEFAULT_DIR) -> bool:
+    """Stop what `up` started in `folder` (and nothing else); False if nothing was running."""
+    folder = folder.absolute()
+    info = state(folder)
+    if info is None:
+        return False
+    procs = _cluster_processes(info)
+    for p in list(procs):
+        with contextlib.suppress(psutil.Error):
+            procs.extend(p.children(recursive=True))
+    if info.get("mlflow_pid"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(info["mlflow_pid"], signal.SIGTERM)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    if info.get("mlflow_pid"):
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(info["mlflow_pid"], signal.SIGKILL)
+    (folder / "cluster.json").unlink()
+    shutil.rmtree(info["temp_dir"], ignore_errors=True)
+    return True
+
+
+def _print_info(info: dict) -> None:
+    print(f"Ray cluster: {info['nodes']} nodes, GCS at {info['ray_address']}")
+    print(f"Ray dashboard and Jobs API: {info['dashboard']}")
+    if info.get("mlflow"):
+        print(f"MLflow: {info['mlflow']}")
+    print("\nUse it:")
+    print(f"  export RAY_ADDRESS={info['dashboard']} RAY_AUTH_MODE=token")
+    if info.get("mlflow"):
+        print(f"  export MLFLOW_TRACKING_URI={info['mlflow']}")
+    print("  bertpipe submit -- bertpipe workflow run jobs/workflows/demo.yaml")
+    print("  bertpipe cluster down")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bertpipe cluster", description=__doc__.split("\n")[0])
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                   help=f"state folder (default: {DEFAULT_DIR})")
+    p.add_argument("--head-cpus", type=int, default=2, help="logical CPUs of the head node")
+    p.add_argument("--workers", type=int, default=1, help="raylets besides the head")
+    p.add_argument("--worker-cpus", type=int, default=1, help="logical CPUs of each worker")
+    p.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow server")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.action == "up":
+        _print_info(up(args.dir, args.head_cpus, args.workers, args.worker_cpus,
+                       mlflow=not args.no_mlflow))
+    elif args.action == "down":
+        print("stopped" if down(args.dir) else f"no cluster recorded in {args.dir}")
+    else:
+        info = state(args.dir.absolute())
+        if not info or not _alive(info):
+            print(f"no cluster running (state folder {args.dir})")
+            return 1
+        _print_info(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
