@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.bertpipe-installed
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/bertpipe/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m jobs.demo
 
-test: setup
+# The MLflow UI test drives Debian's Chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the MLflow UI test"; exit 1; fi; }
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
