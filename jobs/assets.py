@@ -107,6 +107,30 @@ def wiki_jsonl(limit: int | None = None) -> Path:
     return out
 
 
+def wiki_topics(dest: Path, per_split: tuple[int, int, int] = (2000, 500, 500)) -> dict[str, Path]:
+    """Topic classification splits of the lead sections (train/dev/test JSONL: text, label).
+
+    Deterministic: pages are ordered by a hash of their title, 'Uncategorized' is left out.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {s: dest / f"topics-{s}.jsonl" for s in ("train", "dev", "test")}
+    if all(p.exists() for p in out.values()):
+        return out
+    rows = [json.loads(x) for x in open(wiki_jsonl(), encoding="utf-8")]
+    rows = [r for r in rows if r["topic"] and r["topic"] != "Uncategorized"]
+    rows.sort(key=lambda r: hashlib.sha256(r["title"].encode()).hexdigest())
+    start = 0
+    for split, n in zip(out, per_split):
+        tmp = out[split].with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows[start:start + n]:
+                f.write(json.dumps({"text": r["text"], "label": r["topic"]},
+                                   ensure_ascii=False) + "\n")
+        os.replace(tmp, out[split])
+        start += n
+    return out
+
+
 if __name__ == "__main__":  # python -m jobs.assets NAME...: pre-fetch into the cache
     for n in sys.argv[1:] or list(ASSETS):
         print(fetch(n))

@@ -23,17 +23,23 @@ from pathlib import Path
 
 from jobs.configargs import ConfigError, add_config_args, resolve
 from jobs.errors import user_errors
+from jobs.pretrain_checkpoint import latest_state, new_state, resume_mismatch
 from jobs.pretrain_config import PretrainConfig, preset_path, presets
 from jobs.tracking import CLIENT_ENV, Tracker, default_tracking_uri
-from pipeline.loader import PretrainLoader, open_dataset, split_holdout
+from model import BertConfig
+from pipeline.loader import Dataset, PretrainLoader, open_dataset, split_holdout
 from pipeline.storage import is_remote
 
-# environment the workers need from the driver (credentials pass through, never logged)
-WORKER_ENV_KEYS = ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                   "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "DS_ACCELERATOR",
-                   "BERTPIPE_CACHE", *CLIENT_ENV)
+# What workers need from the driver's environment. Plain settings travel in the loop config
+# and are set by each worker; credentials travel only in Ray runtime envs (the job's, when
+# this command starts or connects to Ray; else per worker, and only when the job's lacks them)
+# and are never logged.
+SETTINGS_ENV = ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "DS_ACCELERATOR", "BERTPIPE_CACHE",
+                *CLIENT_ENV)
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+MLFLOW_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                  "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
 
 
 class TrainingFailed(RuntimeError):
@@ -44,26 +50,51 @@ def log(msg: str) -> None:
     print(f"[pretrain] {msg}", file=sys.stderr, flush=True)
 
 
-def worker_env() -> dict[str, str]:
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                          str(Path.home() / ".cache" / "bertpipe" / "torch_extensions"))
-    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
+def extensions_dir() -> str:
+    """Where DeepSpeed's compiled ops are cached between runs (a cold build takes minutes)."""
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                                 str(Path.home() / ".cache" / "bertpipe" / "torch_extensions"))
+
+
+def settings_env() -> dict[str, str]:
+    extensions_dir()
+    env = {k: os.environ[k] for k in SETTINGS_ENV if k in os.environ}
     env.update(TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     return env
+
+
+def secrets_env(cfg: PretrainConfig, tracking_uri: str) -> dict[str, str]:
+    """Credentials this job's workers use: S3 ones for s3:// paths, MLflow ones for a server."""
+    keys: tuple[str, ...] = ()
+    if any(is_remote(p) for p in (cfg.data, cfg.storage_path, cfg.init_from or "")):
+        keys += AWS_SECRETS
+    if tracking_uri.startswith(("http://", "https://", "databricks")) or \
+            (cfg.init_from or "").startswith(("models:/", "runs:/")):
+        keys += MLFLOW_SECRETS
+    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def _storage(path: str) -> str:
     return path if is_remote(path) else str(Path(path).expanduser().absolute())
 
 
-def _init_ray(cfg: PretrainConfig) -> bool:
+def _init_ray(cfg: PretrainConfig, tracking_uri: str) -> bool:
     """Connect to (or start) Ray; True when this call started it."""
     import ray
     if ray.is_initialized():
         return False
     ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
-             runtime_env={"env_vars": worker_env()})
+             runtime_env={"env_vars": {**settings_env(), **secrets_env(cfg, tracking_uri)}})
     return True
+
+
+def _worker_runtime_env(cfg: PretrainConfig, tracking_uri: str) -> dict | None:
+    """Credentials the Ray job's runtime env lacks (Ray initialized by the caller), if any.
+    None keeps Ray free to reuse idle workers, which saves seconds per start."""
+    import ray
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    missing = {k: v for k, v in secrets_env(cfg, tracking_uri).items() if job_env.get(k) != v}
+    return {"env_vars": missing} if missing else None
 
 
 def _use_gpu(cfg: PretrainConfig) -> bool:
@@ -73,43 +104,79 @@ def _use_gpu(cfg: PretrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
-def run(cfg: PretrainConfig) -> dict:
-    """Train; returns the summary printed as the last line of `bertpipe pretrain`."""
-    from jobs.pretrain_deepspeed import deepspeed_config
-    from jobs.pretrain_model import model_config, resolve_init
+@dataclasses.dataclass
+class Job:
+    """What the driver settles before any worker starts."""
+    cfg: PretrainConfig
+    ds: Dataset
+    run_name: str
+    tracking_uri: str
+    model_cfg: BertConfig
+    init_dir: Path | None
 
+
+def check_job(cfg: PretrainConfig) -> Job:
+    """Every refusal that needs no cluster: config, data, batch plan, model fit, resumability."""
+    from jobs.pretrain_model import model_config, resolve_init
     cfg.validate()
     ds = open_dataset(cfg.data)
     train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
     # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
     PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed)
     run_name = cfg.run_name or cfg.default_run_name()
+    saved = latest_state(_storage(cfg.storage_path), run_name)
+    problem = saved and resume_mismatch(saved, new_state(cfg.num_workers, cfg.micro_batch(),
+                                                         cfg.seed))
+    if problem:
+        raise ConfigError(f"run {run_name} exists in {cfg.storage_path} and cannot resume: "
+                          f"{problem}")
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     init_dir = None
     if cfg.init_from:
         init_dir = resolve_init(cfg.init_from, Path(tempfile.mkdtemp(prefix="bertpipe-init-")),
                                 tracking_uri)
-    model_cfg = model_config(cfg, ds, init_dir)
+    return Job(cfg, ds, run_name, tracking_uri, model_config(cfg, ds, init_dir), init_dir)
 
-    started_ray = _init_ray(cfg)
+
+def _start_tracking(job: Job, gpu: bool) -> Tracker:
+    from jobs.pretrain_deepspeed import deepspeed_config
+    cfg = job.cfg
+    tracker = Tracker(job.tracking_uri, cfg.experiment, job.run_name)
+    params = {**dataclasses.asdict(cfg), "run_name": job.run_name, "use_gpu": gpu,
+              "precision": cfg.resolved_precision(gpu), "accumulation": cfg.accumulation(),
+              "micro_batch_size": cfg.micro_batch(), "model_config": job.model_cfg.to_dict(),
+              "data_vocab_size": job.ds.vocab_size, "data_max_seq_length": job.ds.max_seq_length,
+              "deepspeed": deepspeed_config(cfg, gpu)}
+    tags = {"bertpipe.job": "pretrain"}
+    if cfg.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.parent_run_id
+    run_id = tracker.start(params, cfg.to_yaml(), job.ds.manifest, cfg.data, tags=tags)
+    where = (f"MLflow run {run_id} ({'resumed' if tracker.resumed else 'new'}) at "
+             f"{job.tracking_uri}" if run_id else f"MLflow at {job.tracking_uri} unreachable, "
+             "training goes on (rank 0 retries)")
+    log(f"run {job.run_name}: {where}; checkpoints in {_storage(cfg.storage_path)}/{job.run_name}")
+    return tracker
+
+
+def _checkpoint_uri(checkpoint, storage: str) -> str:
+    if is_remote(storage):  # Ray reports object-store paths without their scheme
+        return storage.split("://", 1)[0] + "://" + checkpoint.path.lstrip("/")
+    return checkpoint.path
+
+
+def run(cfg: PretrainConfig) -> dict:
+    """Train; returns the summary printed as the last line of `bertpipe pretrain`."""
+    job = check_job(cfg)
+    started_ray = _init_ray(cfg, job.tracking_uri)
     try:
         gpu = _use_gpu(cfg)
-        ds_config = deepspeed_config(cfg, gpu)
-        tracker = Tracker(tracking_uri, cfg.experiment, run_name)
-        params = {**dataclasses.asdict(cfg), "run_name": run_name, "use_gpu": gpu,
-                  "precision": cfg.resolved_precision(gpu), "accumulation": cfg.accumulation(),
-                  "micro_batch_size": cfg.micro_batch(), "model_config": model_cfg.to_dict(),
-                  "data_vocab_size": ds.vocab_size, "data_max_seq_length": ds.max_seq_length,
-                  "deepspeed": ds_config}
-        run_id = tracker.start(params, cfg.to_yaml(), ds.manifest, cfg.data,
-                               tags={"bertpipe.job": "pretrain"})
-        log(f"run {run_name}: MLflow run {run_id} ({'resumed' if tracker.resumed else 'new'}) "
-            f"at {tracking_uri}; checkpoints in {_storage(cfg.storage_path)}/{run_name}")
-        result = _fit(cfg, run_name, gpu, tracking_uri, run_id, init_dir)
-        final = result.return_value or {}
+        tracker = _start_tracking(job, gpu)
+        result = _fit(job, gpu, tracker.run_id)
         checkpoint = result.checkpoint
-        summary = {"run_id": run_id, "run_name": run_name,
-                   "checkpoint": checkpoint.path if checkpoint else None, "metrics": final}
+        summary = {"run_id": tracker.run_id, "run_name": job.run_name,
+                   "checkpoint": _checkpoint_uri(checkpoint, _storage(cfg.storage_path))
+                   if checkpoint else None,
+                   "metrics": result.return_value or {}}
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 summary.update(tracker.log_model(Path(folder) / "hf", cfg.register_as,
@@ -122,34 +189,35 @@ def run(cfg: PretrainConfig) -> dict:
             ray.shutdown()  # flushes worker logs, so the summary really is the last line
 
 
-def _fit(cfg: PretrainConfig, run_name: str, gpu: bool, tracking_uri: str, run_id: str | None,
-         init_dir: Path | None):
+def _fit(job: Job, gpu: bool, run_id: str | None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from jobs.pretrain_loop import train_loop
+    cfg = job.cfg
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": dataclasses.asdict(cfg), "run_name": run_name,
-                           "use_gpu": gpu, "tracking_uri": tracking_uri, "run_id": run_id,
-                           "init_dir": str(init_dir) if init_dir else None},
+        train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
+                           "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
+                           "init_dir": str(job.init_dir) if job.init_dir else None,
+                           "env": settings_env()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=_storage(cfg.storage_path),
+            name=job.run_name, storage_path=_storage(cfg.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": worker_env()}))
+            worker_runtime_env=_worker_runtime_env(cfg, job.tracking_uri)))
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as e:
         if run_id:
-            failed = Tracker(tracking_uri, cfg.experiment, run_name)
+            failed = Tracker(job.tracking_uri, cfg.experiment, job.run_name)
             failed.run_id = run_id
             failed.finish("FAILED")
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise TrainingFailed(f"training of {run_name} failed: {first[:300]} (rerun the same "
+        raise TrainingFailed(f"training of {job.run_name} failed: {first[:300]} (rerun the same "
                              "command to resume from its last checkpoint)") from e
 
 

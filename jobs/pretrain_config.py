@@ -114,8 +114,10 @@ class PretrainConfig:
     """MLflow experiment of the run"""
     register_as: str | None = None
     """Register the final model in the MLflow registry under this name"""
-    model_alias: str = "latest"
-    """Alias set on the registered version (e.g. latest, phase1)"""
+    model_alias: str = "current"
+    """Alias set on the registered version (e.g. current, phase1; MLflow reserves "latest")"""
+    parent_run_id: str | None = None
+    """MLflow run to nest this run under (`bertpipe workflow` sets it): tag mlflow.parentRunId"""
     address: str | None = None
     """Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)"""
     fail_at_step: int | None = None
@@ -158,6 +160,9 @@ class PretrainConfig:
                 f"num_workers {self.num_workers}; pick values whose product divides it")
         if self.cpus_per_worker <= 0:
             raise ConfigError("cpus_per_worker must be positive")
+        if self.model_alias.lower() == "latest" or not _safe_name(self.model_alias):
+            raise ConfigError(f"model_alias {self.model_alias!r}: MLflow reserves 'latest'; use "
+                              "letters, digits, '.', '_' or '-' (e.g. current, phase1)")
         if self.run_name is not None and not _safe_name(self.run_name):
             raise ConfigError(f"run_name {self.run_name!r}: use letters, digits, '.', '_' or '-'")
         return self
@@ -166,7 +171,7 @@ class PretrainConfig:
         """Stable for the same job: rerunning the same command resumes the same run."""
         keys = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("run_name", "address", "fail_at_step", "tracking_uri",
-                             "register_as", "model_alias", "log_every")}
+                             "register_as", "model_alias", "log_every", "parent_run_id")}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         model = Path(self.model).name if os.sep in self.model else self.model
         return f"pretrain-{model}-{digest}"
@@ -180,8 +185,9 @@ def _safe_name(name: str) -> bool:
 
 
 def presets() -> dict[str, Path]:
-    """Shipped presets by name (`--preset NAME` or `--config jobs/presets/NAME.yaml`)."""
-    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+    """Shipped pretraining presets by name (`--preset NAME` or `--config jobs/presets/NAME.yaml`);
+    the folder also holds other jobs' presets."""
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("pretrain-*.yaml"))}
 
 
 def preset_path(name: str) -> Path:

@@ -39,7 +39,9 @@ log = logging.getLogger("bertpipe.tracking")
 RUN_NAME_TAG = "bertpipe.run_name"
 MODEL_URI_TAG = "bertpipe.model_uri"      # the model logged from the final checkpoint
 EXPORT_TAG = "bertpipe.model_sha256"      # which weights that model holds (first 16 hex)
-SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|api[_-]?key|^aws_)", re.I)
+# a key naming a credential: *secret*, *password*, *_token, api_key, aws_* (not "tokenizer")
+SECRET_KEY = re.compile(r"secret|passw(or)?d|credential|(^|[_.-])(token|api[_-]?key|auth)($|[_.-])"
+                        r"|^aws_", re.I)
 # fail fast on an unreachable server (MLflow's defaults retry for minutes); user env wins
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -54,7 +56,7 @@ def client(tracking_uri: str):
     for k, v in CLIENT_ENV.items():
         os.environ.setdefault(k, v)
     from mlflow import MlflowClient
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def default_tracking_uri() -> str:
@@ -133,6 +135,9 @@ class Tracker:
             return None
         self.run_id, created = got
         self.resumed = not created
+        if self.resumed:
+            for k, v in (tags or {}).items():
+                self._attempt(f"tag the run ({k})", c.set_tag, self.run_id, k, v)
         self._attempt("log params", self._log_params, c, params)
         self._attempt("log the config", c.log_text, self.run_id, config_yaml, "config/pretrain.yaml")
         self._attempt("log the manifest", c.log_text, self.run_id,
@@ -198,7 +203,10 @@ class Tracker:
         if tags.get(EXPORT_TAG) == source and tags.get(MODEL_URI_TAG):
             out = {"model_uri": tags[MODEL_URI_TAG]}
         else:
+            # the fluent API keeps process-wide URIs: set both, or the registry stays wherever
+            # an earlier run in this process pointed it
             mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pyfunc.log_model(name="model", loader_module="jobs.tracking",
                                                data_path=str(hf_dir),
@@ -209,6 +217,8 @@ class Tracker:
         if register_as:
             found = [v for v in c.search_model_versions(f"name = '{register_as}'")
                      if v.run_id == self.run_id and v.source == out["model_uri"]]
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
             version = found[0] if found else mlflow.register_model(
                 out["model_uri"], register_as, tags={RUN_NAME_TAG: self.run_name})
             c.set_registered_model_alias(register_as, alias, version.version)
@@ -300,8 +310,8 @@ class MetricLogger:
 
     def close(self, timeout: float = 30.0) -> None:
         """Send what is buffered, then stop. Waits up to `timeout` s while the server answers;
-        if it is down right now, gives it two more tries. Warns about what could not be sent."""
-        self._deadline = time.time() + (min(timeout, 2 * self.retry_s) if self._down else timeout)
+        if it is down right now, gives it one more try. Warns about what could not be sent."""
+        self._deadline = time.time() + (0.0 if self._down else timeout)
         self._closing = True
         self._wake.set()
         self._thread.join(max(0.0, self._deadline - time.time()) + 15)
@@ -355,10 +365,15 @@ def find_hf_folder(root: Path) -> Path:
 
 
 def download_model(uri: str, dest: str | Path, tracking_uri: str | None = None) -> Path:
-    """A models:/ or runs:/ model as a local HF folder under `dest`."""
+    """A models:/ or runs:/ model as a local HF folder under `dest`. With `tracking_uri`,
+    MLflow's process-wide tracking and registry URIs are set to it (models:/ resolves
+    through the registry URI, not the tracking URI passed to a call)."""
     import mlflow
     for k, v in CLIENT_ENV.items():
         os.environ.setdefault(k, v)
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),

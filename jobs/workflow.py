@@ -236,7 +236,8 @@ class Runner:
         key = _key("evaluate", index, settings, upstream)
         settings.update(run_name=f"{wf.name}-evaluate-{index}-{key[:8]}",
                         parent_run_id=self.parent_run_id,
-                        output=join(wf.storage, "evaluate", f"{wf.name}-{index}-{key[:12]}"))
+                        predictions=join(wf.storage, "evaluate",
+                                         f"{wf.name}-{index}-{key[:12]}-predictions.jsonl"))
         cfg = from_dict(EvaluateConfig, settings, origin=f"workflow evaluate[{index}]")
         return {**self.stage(f"evaluate-{index}", key, lambda: evaluate(cfg)), "key": key}
 

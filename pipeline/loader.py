@@ -83,7 +83,7 @@ class Dataset:
 
     @property
     def nsp(self) -> bool:
-        return bool(self.manifest.get("config", {}).get("nsp", True))
+        return bool(self.manifest.get("nsp", self.manifest.get("config", {}).get("nsp", True)))
 
     @property
     def vocab_file(self) -> str:

@@ -53,6 +53,7 @@ def test_a_batch_the_workers_cannot_split_is_a_one_line_error():
     ({"zero_stage": 4}, "zero_stage must be 0, 1, 2 or 3"),
     ({"data": ""}, "no data given"),
     ({"run_name": "a b"}, "run_name"),
+    ({"model_alias": "Latest"}, "MLflow reserves 'latest'"),
 ])
 def test_inconsistent_options_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,217 @@
+"""`bertpipe finetune` / `python -m jobs.finetune`: a pretrained BERT fine-tuned on a task.
+
+The driver resolves the config (preset < --config < --set < flags), gets the model (MLflow
+URI or HF folder: `jobs.finetune_model`), reads and featurizes the train and dev files with
+the model's own vocab (`jobs.finetune_tasks`), and puts the features in the Ray object store
+once for every trial and worker. It then runs one trial, or a search grid as parallel
+trials (`jobs.finetune_trials`), each a Ray Train fit of `jobs.finetune_loop.train_loop`.
+MLflow: a single run, or for a search a parent run with one child run per trial; all are
+tagged with the pretrained model's URI and the run that logged it. The best trial on dev
+(its best epoch) is logged as a model on its run and registered with `--register-as`;
+`--output` gets a copy of its HF folder. The last line of stdout is one JSON object: the
+run id, the best dev metrics, the model URIs and each trial's result.
+
+Example: bertpipe finetune --task classification --model models:/bert-wiki@phase1 \
+    --train train.jsonl --validation dev.jsonl --search paper --register-as wiki-topics
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from jobs.configargs import ConfigError, add_config_args, resolve
+from jobs.errors import user_errors
+from jobs.finetune_config import FinetuneConfig, preset_path, presets, trial_name
+from jobs.finetune_model import ModelSource, resolve_model
+from jobs.finetune_predict import check_metric, goodness
+from jobs.finetune_tasks import (featurize, fit_to_training_rows, read_examples,
+                                 spec_from_config, tokenizer_for)
+from jobs.finetune_tracking import PARENT_TAG, JobRun
+from jobs.finetune_trials import TrialJob, run_trials, worker_env
+from jobs.tracking import default_tracking_uri
+from pipeline.errors import InputError
+
+BEST_TRIAL_TAG = "bertpipe.best_trial"
+
+
+def log(msg: str) -> None:
+    print(f"[finetune] {msg}", file=sys.stderr, flush=True)
+
+
+def load_data(cfg: FinetuneConfig, source: ModelSource):
+    """(task spec, {"train", "dev", "dev_rows"}) featurized with the model's vocab."""
+    tok, vocab, _ = tokenizer_for(source.hf_dir)
+    spec = spec_from_config(cfg)
+    train_rows = read_examples(spec, cfg.train, cfg.format, cfg.max_train_examples)
+    spec = fit_to_training_rows(spec, cfg, train_rows, cfg.train)
+    check_metric(spec)
+    dev_rows = read_examples(spec, cfg.validation, cfg.format, cfg.max_eval_examples)
+    train = featurize(spec, tok, vocab, train_rows, cfg.train, training=True)
+    dev = featurize(spec, tok, vocab, dev_rows, cfg.validation, training=False)
+    workers = max(1, cfg.num_workers)
+    if len(train) < workers:
+        raise InputError(f"{cfg.train}: {len(train)} usable training examples for {workers} "
+                         "workers")
+    log(f"{spec.task}: {len(train_rows)} train examples -> {len(train)} features "
+        f"({train.num_tokens()} tokens), {len(dev_rows)} dev -> {len(dev)}; metric {spec.metric}"
+        + (f"; labels {spec.labels[:12]}" if spec.labels else ""))
+    return spec, {"train": train, "dev": dev, "dev_rows": dev_rows}
+
+
+def _init_ray(cfg: FinetuneConfig) -> bool:
+    import ray
+    if cfg.num_workers == 0 or ray.is_initialized():
+        return False
+    ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
+             runtime_env={"env_vars": worker_env()})
+    return True
+
+
+def _use_gpu(cfg: FinetuneConfig) -> bool:
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    if cfg.num_workers == 0:
+        import torch
+        return torch.cuda.is_available()
+    import ray
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def _best(outcomes: list[dict], metric: str) -> dict | None:
+    done = [o for o in outcomes if "error" not in o and o["result"].get("best")]
+    return max(done, key=lambda o: goodness(metric, o["result"]["best"][metric])) \
+        if done else None
+
+
+def _summary(run: JobRun, spec, outcomes: list[dict], best: dict | None) -> dict:
+    """What the job prints: the run, the best dev metrics, every trial's outcome."""
+    def trial(o: dict) -> dict:
+        out = {"name": o["name"], "run_id": o["run_id"], **o["trial"]}
+        if "error" in o:
+            return {**out, "error": o["error"]}
+        return {**out, f"dev_{spec.metric}": (o["result"].get("best") or {}).get(spec.metric),
+                "best_epoch": o["result"].get("best_epoch"),
+                "trained": o["result"].get("trained"), "seconds": o["result"].get("seconds")}
+    return {"run_id": run.run_id, "run_name": run.run_name, "task": spec.task,
+            "metric": spec.metric,
+            "metrics": {f"dev_{k}": v for k, v in (best["result"]["best"] if best else {}).items()},
+            "best_trial": trial(best) if best else None,
+            "trials": [trial(o) for o in outcomes]}
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    cfg.validate()
+    tracking_uri = cfg.tracking_uri or default_tracking_uri()
+    run_name = cfg.run_name or cfg.default_run_name()
+    source = resolve_model(cfg.model, tracking_uri)
+    log(f"model {source.uri} -> {source.hf_dir}"
+        + (f" (run {source.run_id}{', ' + source.registered if source.registered else ''})"
+           if source.run_id else ""))
+    spec, data = load_data(cfg, source)
+
+    started_ray = _init_ray(cfg)
+    try:
+        gpu = _use_gpu(cfg)
+        if cfg.num_workers:
+            import ray
+            data_ref = ray.put(data)  # once: every trial and worker reads the same object
+        else:
+            data_ref = data  # local mode: the trials run in this process
+        tags = {"bertpipe.job": "finetune", "bertpipe.task": spec.task, **source.tags()}
+        if cfg.parent_run_id:
+            tags[PARENT_TAG] = cfg.parent_run_id
+        job_run = JobRun(tracking_uri, cfg.experiment, run_name, tags)
+        job_run.open({**dataclasses.asdict(cfg), "run_name": run_name, "use_gpu": gpu,
+                      "labels": spec.labels, "regression": spec.regression,
+                      "metric": spec.metric, "train_features": len(data["train"]),
+                      "dev_features": len(data["dev"])}, cfg.to_yaml(), "finetune.yaml")
+        trials = cfg.trials()
+        log(f"run {run_name}: MLflow run {job_run.run_id} at {tracking_uri}; "
+            f"{len(trials)} trial(s)")
+        loop_config = {"config": dataclasses.asdict(cfg), "spec": dataclasses.asdict(spec),
+                       "data": data_ref, "model_dir": str(source.hf_dir),
+                       "tracking_uri": tracking_uri}
+        trial_runs, jobs = {}, []
+        for trial in trials:
+            if cfg.search == "none":
+                name, trial_run = run_name, job_run  # one trial: the job's own run
+            else:
+                name = trial_name(run_name, trial)
+                trial_run = job_run.child(name, trial)
+            trial_runs[name] = trial_run
+            jobs.append(TrialJob(name, trial, trial_run.run_id, loop_config, cfg.num_workers,
+                                 cfg.cpus_per_worker, gpu, cfg.storage_path))
+
+        def trial_done(outcome: dict) -> None:
+            if trial_runs[outcome["name"]] is not job_run:
+                trial_runs[outcome["name"]].finish("FAILED" if "error" in outcome else "FINISHED")
+        outcomes = run_trials(jobs, cfg.max_concurrent_trials, on_done=trial_done)
+        for o in outcomes:
+            if "error" in o:
+                log(f"trial {o['name']} failed: {o['error']}")
+        best = _best(outcomes, spec.metric)
+        summary = _summary(job_run, spec, outcomes, best)
+        if best is None:
+            job_run.finish("FAILED")
+            first = next((o["error"] for o in outcomes if "error" in o), "no dev metrics")
+            raise TrialsFailed(f"no trial produced a model (first error: {first})")
+        with best["checkpoint"].as_directory() as folder:
+            # the best epoch of the best trial: logged on its run, registered when asked
+            summary.update(trial_runs[best["name"]].log_model(folder, cfg.register_as,
+                                                              cfg.model_alias))
+            if cfg.output:
+                shutil.copytree(folder, cfg.output, dirs_exist_ok=True)
+                summary["output"] = str(Path(cfg.output).absolute())
+        if cfg.search != "none":
+            job_run.log_metrics({f"best_dev_{k}": v for k, v in best["result"]["best"].items()},
+                                step=0)
+            job_run.set_tag(BEST_TRIAL_TAG, best["run_id"] or best["name"])
+        job_run.finish("FINISHED")
+        summary["checkpoint"] = best["checkpoint"].path
+        return summary
+    finally:
+        if started_ray:
+            import ray
+            ray.shutdown()  # flushes worker logs, so the summary really is the last line
+
+
+class TrialsFailed(RuntimeError):
+    """No trial finished; the message is one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertpipe finetune",
+        description="Fine-tune a pretrained BERT on a task (Ray Train, optional DeepSpeed, "
+                    "MLflow); --search runs a grid as parallel trials. Presets: "
+                    + ", ".join(presets()))
+    parser.add_argument("--preset", default=None,
+                        help="a YAML preset shipped in jobs/presets/ (instead of --config)")
+    add_config_args(parser, FinetuneConfig)
+    return parser
+
+
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.preset:
+        if args.config:
+            raise ConfigError("pass --preset NAME or --config FILE, not both")
+        args.config = preset_path(args.preset)
+    cfg = resolve(FinetuneConfig, args)
+    try:
+        summary = run(cfg)
+    except TrialsFailed as e:
+        print(f"bertpipe: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
