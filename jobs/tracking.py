@@ -95,7 +95,8 @@ def get_or_create_run(c, experiment: str, run_name: str, tags: dict | None = Non
     from mlflow.entities import ViewType
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(
-        experiment, artifact_location=artifact_root)
+        experiment, artifact_location=artifact_root,
+        tags={"mlflow.experimentKind": "custom_model_development"})  # the UI's training view
     found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
                           order_by=["attributes.start_time ASC"])

@@ -125,7 +125,8 @@ class Runner:
         from jobs.tracking import client, get_or_create_run
         try:
             run_id, created = get_or_create_run(client(self.tracking_uri), self.wf.name,
-                                                self.wf.name, tags={"bertpipe.job": "workflow"})
+                                                f"workflow-{self.wf.name}",
+                                                tags={"bertpipe.job": "workflow"})
         except Exception as e:  # MLflow down: the stages still run and log when it is back
             log(f"warning: MLflow at {self.tracking_uri} unreachable ({type(e).__name__}); "
                 f"no parent run")

@@ -88,16 +88,18 @@ def _check_ui(uri: str, experiment_id: str, pretrain_run) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{uri}/#/experiments/{experiment_id}/runs")
-            expect(page.get_by_text(pretrain_run.info.run_name).first).to_be_visible(
-                timeout=60_000)
-            expect(page.get_by_text("wf-test", exact=True).first).to_be_visible()
+            # the workflow's parent run heads the table (stage runs are nested under it)
+            expect(page.get_by_text("workflow-wf-test").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Training runs").first).to_be_visible()
             page.screenshot(path=str(SCREENSHOTS / "mlflow-runs.png"))
             page.goto(f"{uri}/#/experiments/{experiment_id}/runs/{pretrain_run.info.run_id}"
                       f"/model-metrics")
+            expect(page.get_by_text(pretrain_run.info.run_name).first).to_be_visible(
+                timeout=60_000)
             chart = page.locator("canvas, svg.main-svg, .js-plotly-plot").first
             expect(chart).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("mlm_loss", exact=True).first).to_be_visible()
             page.screenshot(path=str(SCREENSHOTS / "mlflow-metrics.png"))
+            expect(page.get_by_text("mlm_loss").first).to_be_visible(timeout=30_000)
         finally:
             browser.close()
 
