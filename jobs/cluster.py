@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -54,11 +57,13 @@ def client_env() -> dict[str, str]:
 def _wait_http(url: str, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without Ray's token is still an answer)
+        except OSError:
+            time.sleep(0.5)
     raise TimeoutError(f"{what} did not answer on {url} within {timeout:.0f}s")
 
 
@@ -77,10 +82,23 @@ def up(folder: Path = DEFAULT_DIR, head_cpus: int = 2, workers: int = 1,
     if current:
         down(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    temp_dir = folder / "ray"
+    try:
+        return _start(folder, head_cpus, workers, worker_cpus, mlflow)
+    except BaseException:
+        down(folder)  # never leave half a cluster behind
+        raise
+
+
+def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow: bool) -> dict:
+    # Ray's sockets live under its temp dir and AF_UNIX paths stop at 107 bytes: keep it short
+    temp_dir = Path(tempfile.gettempdir()) / \
+        f"bertpipe-ray-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
     gcs, dash, client = _free_port(), _free_port(), _free_port()
+    (folder / "cluster.json").write_text(json.dumps({"temp_dir": str(temp_dir), "nodes": 0}))
     env = client_env()
     env.pop("RAY_ADDRESS", None)
+    # jobs run `python ...`: make that this environment's interpreter on every node
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1",
                     f"--port={gcs}", f"--num-cpus={head_cpus}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
