@@ -60,8 +60,9 @@ def client(tracking_uri: str):
 
 
 def default_tracking_uri() -> str:
-    """A SQLite store in the current directory, as an absolute URI (workers run elsewhere)."""
-    return f"sqlite:///{Path('mlflow.db').absolute()}"
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the current directory (as an absolute
+    URI: workers run elsewhere)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').absolute()}"
 
 
 def local_artifact_root(tracking_uri: str) -> str | None:
