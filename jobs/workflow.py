@@ -27,7 +27,8 @@ from jobs.configargs import ConfigError, from_dict
 from jobs.errors import user_errors
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
 from pipeline.errors import InputError
-from pipeline.storage import exists, expand_inputs, join, read_text, write_file_atomic
+from pipeline.storage import (exists, expand_inputs, is_remote, join, read_text,
+                              write_file_atomic)
 
 
 def log(msg: str) -> None:
@@ -103,7 +104,34 @@ def load(path: str | Path, overrides: list[str] = ()) -> Workflow:
     if unknown:
         raise ConfigError(f"workflow {path}: unknown key '{unknown[0]}' (known: "
                           f"{', '.join(sorted(names))})")
-    return Workflow(**values).validate()
+    return _absolute_paths(Workflow(**values).validate())
+
+
+PATH_KEYS = ("input", "train", "validation", "data", "vocab")
+
+
+def _absolute(value):
+    """Local relative paths made absolute: stage jobs run in workers with other cwds."""
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    if isinstance(value, str) and not is_remote(value) and not Path(value).is_absolute():
+        return str(Path(value).absolute())
+    return value
+
+
+def _absolute_paths(wf: Workflow) -> Workflow:
+    wf.storage = _absolute(wf.storage)
+    if wf.tracking_uri and wf.tracking_uri.startswith("sqlite:///") \
+            and not wf.tracking_uri.startswith("sqlite:////"):
+        wf.tracking_uri = f"sqlite:///{Path(wf.tracking_uri[len('sqlite:///'):]).absolute()}"
+    sections = [wf.prepare, wf.pretrain, *(wf.finetune or []), *(wf.evaluate or [])]
+    if wf.pretrain_phase2:
+        sections += [wf.pretrain_phase2, wf.pretrain_phase2.get("prepare") or {}]
+    for section in sections:
+        for key in PATH_KEYS:
+            if section.get(key):
+                section[key] = _absolute(section[key])
+    return wf
 
 
 def _key(*parts) -> str:
