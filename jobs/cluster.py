@@ -112,7 +112,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
                        stdout=subprocess.DEVNULL)
     info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
             "temp_dir": str(temp_dir), "nodes": 1 + workers}
-    _wait_http(f"{info['dashboard']}/api/version", 60, "the Ray dashboard")
+    _wait_http(f"{info['dashboard']}/api/version", 180, "the Ray dashboard")
     if mlflow:
         port = _free_port()
         store = folder / "mlflow"
@@ -127,7 +127,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
             env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
         info.update(mlflow=f"http://127.0.0.1:{port}", mlflow_pid=proc.pid)
         (folder / "cluster.json").write_text(json.dumps(info, indent=2))
-        _wait_http(f"{info['mlflow']}/health", 90, "the MLflow server")
+        _wait_http(f"{info['mlflow']}/health", 180, "the MLflow server")
     (folder / "cluster.json").write_text(json.dumps(info, indent=2))
     return info
 

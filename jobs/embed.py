@@ -163,6 +163,8 @@ def run(cfg: EmbedConfig) -> dict:
     dim = hidden * (4 if cfg.mode == "last4" else 1)
     started_ray = False
     if not ray.is_initialized():
+        # inside a Ray job (`ray job submit`), merge our runtime env with the job's
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
                  runtime_env={"env_vars": worker_env()})
         started_ray = True

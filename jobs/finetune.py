@@ -67,6 +67,8 @@ def _init_ray(cfg: FinetuneConfig) -> bool:
     import ray
     if cfg.num_workers == 0 or ray.is_initialized():
         return False
+    # inside a Ray job (`ray job submit`), merge our runtime env with the job's
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
              runtime_env={"env_vars": worker_env()})
     return True

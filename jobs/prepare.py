@@ -42,6 +42,8 @@ def ray_mapper(address: str | None) -> Mapper:
     import ray
 
     if not ray.is_initialized():
+        # inside a Ray job (`ray job submit`), merge our runtime env with the job's
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
                  runtime_env={"env_vars": _worker_env()})
     from ray.data import DataContext

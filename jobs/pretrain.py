@@ -83,6 +83,8 @@ def _init_ray(cfg: PretrainConfig, tracking_uri: str) -> bool:
     import ray
     if ray.is_initialized():
         return False
+    # inside a Ray job (`ray job submit`), merge our runtime env with the job's
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
              runtime_env={"env_vars": {**settings_env(), **secrets_env(cfg, tracking_uri)}})
     return True

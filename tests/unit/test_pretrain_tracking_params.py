@@ -18,7 +18,13 @@ def test_nested_config_flattens_to_dotted_keys():
 def test_the_default_store_is_an_absolute_sqlite_file_with_artifacts_beside_it(tmp_path,
                                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = default_tracking_uri()
     assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert local_artifact_root(uri) == (tmp_path / "mlruns").as_uri()
     assert local_artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_the_default_store_follows_mlflow_tracking_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri() == "http://127.0.0.1:5000"
