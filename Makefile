@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.bertpipe-installed
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/bertpipe/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup browser demo test clean
+.PHONY: setup browser demo lint test clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the MLflow UI test"; exit 1; fi; }
 
-test: setup browser
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -1,75 +1,132 @@
-"""The `bertpipe` command: one entry point whose subcommands are the job modules.
+"""The `bertpipe` command: one runner for every job.
 
-`bertpipe NAME ARGS...` runs `jobs.NAME.main(ARGS)`, exactly what `python -m jobs.NAME ARGS...`
-runs (and what `ray job submit` runs on a cluster). `bertpipe bench NAME` runs
-`jobs.bench_NAME`. User errors end in one line on stderr and exit code 2.
+Config jobs are a table of (command, config class, run function): the runner builds the
+parser from the config's fields (docstrings are the help), resolves the config (defaults <
+`--preset`/`--config` < `--set` < flags), calls the job and prints its summary as one JSON
+object, the last line of stdout. Tool commands (workflow, inspect, submit, cluster, bench)
+keep their own arguments and run through the same error handling. `python -m jobs.NAME`
+(what Ray jobs run) is the same as `bertpipe NAME`.
+
+User errors (bad config, bad input, an unusable model) end in one line on stderr and exit
+code 2; a job that fails after it started (training failed after its restarts, every trial
+failed) in one line and exit code 1.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import sys
+from dataclasses import dataclass
 
-COMMANDS = {
-    "prepare": "jobs.prepare",
-    "pretrain": "jobs.pretrain",
-    "finetune": "jobs.finetune",
-    "evaluate": "jobs.evaluate",
-    "embed": "jobs.embed",
-    "workflow": "jobs.workflow",
-    "submit": "jobs.submit",
-    "cluster": "jobs.cluster",
+from jobs.config import ConfigError, add_config_args, resolve
+from jobs.train.runtime import JobFailed
+from pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class Job:
+    """A config-driven command: `run(config) -> summary dict`."""
+    module: str
+    config: str
+    """Name of the config dataclass, importable from `module`"""
+    help: str
+    run: str = "run"
+    presets: bool = False
+    """Shipped presets jobs/presets/COMMAND-*.yaml (`--preset NAME`)"""
+
+
+JOBS = {
+    "prepare": Job("jobs.prepare", "PrepareConfig",
+                   "corpora -> masked, length-binned Parquet shards (Ray Data)"),
+    "pretrain": Job("jobs.pretrain.driver", "PretrainConfig",
+                    "BERT pretraining on the shards (Ray Train + DeepSpeed, MLflow)",
+                    presets=True),
+    "finetune": Job("jobs.finetune.driver", "FinetuneConfig",
+                    "fine-tune a pretrained model on a downstream task", presets=True),
+    "evaluate": Job("jobs.evaluate", "EvaluateConfig", "evaluate a model on a task's data"),
+    "embed": Job("jobs.embed", "EmbedConfig",
+                 "feature vectors for a data file (Ray Data batch inference)"),
+}
+TOOLS = {  # commands with their own arguments: module.main(argv)
+    "workflow": ("jobs.workflow", "prepare -> pretrain -> finetune -> evaluate, idempotent"),
+    "demo": ("jobs.demo", "the whole workflow on embedded defaults (what `make demo` runs)"),
+    "submit": ("jobs.submit", "submit a bertpipe command as a Ray job"),
+    "cluster": ("jobs.cluster", "start/stop a local multi-node Ray cluster and MLflow server"),
 }
 BENCHES = {
-    "prepare": "jobs.bench_prepare",
-    "step": "jobs.bench_step",
-    "pretrain": "jobs.bench_pretrain",
+    "prepare": "jobs.bench.prepare",
+    "step": "jobs.bench.step",
+    "pretrain": "jobs.bench.pretrain",
 }
 
-USAGE = """usage: bertpipe COMMAND [ARGS...]
 
-commands:
-  prepare     corpora -> masked, length-binned Parquet shards (Ray Data)
-  pretrain    BERT pretraining on the shards (Ray Train + DeepSpeed, MLflow)
-  finetune    fine-tune a pretrained model on a downstream task
-  evaluate    evaluate a model on a task's data
-  embed       feature vectors for a data file (Ray Data batch inference)
-  workflow    prepare -> pretrain -> finetune -> evaluate, idempotent
-  submit      submit a bertpipe command as a Ray job
-  cluster     start/stop a local multi-node Ray cluster and MLflow server (up|down|status)
-  bench NAME  benchmarks: prepare, step, pretrain
-
-`bertpipe COMMAND --help` shows each command's options."""
+def usage() -> str:
+    lines = ["usage: bertpipe COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<11} {job.help}" for name, job in JOBS.items()]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in TOOLS.items()]
+    lines += [f"  {'bench NAME':<11} benchmarks: {', '.join(BENCHES)}", "",
+              "`bertpipe COMMAND --help` shows each command's options."]
+    return "\n".join(lines)
 
 
-def _available(table: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for name, mod in table.items():
-        if importlib.util.find_spec(mod) is not None:
-            out[name] = mod
-    return out
+def config_class(name: str):
+    job = JOBS[name]
+    return getattr(importlib.import_module(job.module), job.config)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of config job `name`: one flag per config field, plus --preset/--config/--set."""
+    job = JOBS[name]
+    doc = (importlib.import_module(job.module).__doc__ or "").strip().split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog=f"bertpipe {name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, config_class(name), presets_of=name if job.presets else None)
+    return parser
+
+
+def run_job(name: str, argv: list[str]) -> int:
+    args = build_parser(name).parse_args(argv)
+    cfg = resolve(config_class(name), args, command=name)
+    summary = getattr(importlib.import_module(JOBS[name].module), JOBS[name].run)(cfg)
+    print(json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+def dispatch(argv: list[str]) -> int:
+    cmd, rest = argv[0], argv[1:]
+    if cmd in JOBS:
+        return run_job(cmd, rest)
+    if cmd in TOOLS:
+        return importlib.import_module(TOOLS[cmd][0]).main(rest) or 0
+    if cmd == "bench":
+        if not rest or rest[0] not in BENCHES:
+            print(f"usage: bertpipe bench {{{','.join(BENCHES)}}} [ARGS...]", file=sys.stderr)
+            return 2
+        return importlib.import_module(BENCHES[rest[0]]).main(rest[1:]) or 0
+    print(f"bertpipe: unknown command '{cmd}' (one of: {', '.join([*JOBS, *TOOLS, 'bench'])})",
+          file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "bench":
-        benches = _available(BENCHES)
-        if not rest or rest[0] not in benches:
-            print(f"usage: bertpipe bench {{{','.join(benches)}}} [ARGS...]", file=sys.stderr)
-            return 2
-        module = benches[rest[0]]
-        rest = rest[1:]
-    else:
-        commands = _available(COMMANDS)
-        if cmd not in commands:
-            print(f"bertpipe: unknown command '{cmd}' (one of: {', '.join(commands)}, bench)",
-                  file=sys.stderr)
-            return 2
-        module = commands[cmd]
-    return importlib.import_module(module).main(rest) or 0
+    try:
+        return dispatch(argv)
+    except (ConfigError, InputError, JobFailed) as e:
+        print(f"bertpipe: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, JobFailed) else 2
+    except ValueError as e:
+        # model.ModelError, without importing torch for every command: if model.config was
+        # never imported, no ModelError was raised
+        model_config = sys.modules.get("model.config")
+        if model_config is None or not isinstance(e, model_config.ModelError):
+            raise
+        print(f"bertpipe: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

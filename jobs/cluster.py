@@ -15,30 +15,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 
+from jobs.tracking.server import free_port, start_mlflow, stop_group, wait_http
+
 DEFAULT_DIR = Path.home() / ".cache" / "bertpipe" / "local-cluster"
-
-
-def _free_port(low: int = 20000) -> int:
-    """A free port outside Ray's default worker port range (10002-19999)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= low:
-            return port
-    raise RuntimeError("no free port found")
 
 
 def _ray_bin() -> str:
@@ -52,19 +38,6 @@ def client_env() -> dict[str, str]:
         env["RAY_AUTH_MODE"] = "token"
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
-
-
-def _wait_http(url: str, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers (401 without Ray's token is still an answer)
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{what} did not answer on {url} within {timeout:.0f}s")
 
 
 def state(folder: Path) -> dict | None:
@@ -93,18 +66,23 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     # Ray's sockets live under its temp dir and AF_UNIX paths stop at 107 bytes: keep it short
     temp_dir = Path(tempfile.gettempdir()) / \
         f"bertpipe-ray-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    gcs, dash, client = free_port(20000), free_port(20000), free_port(20000)
     (folder / "cluster.json").write_text(json.dumps({"temp_dir": str(temp_dir), "nodes": 0}))
     env = client_env()
     env.pop("RAY_ADDRESS", None)
     # jobs run `python ...`: make that this environment's interpreter on every node
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # token auth on from the start: on a machine that never ran Ray there is no token yet, and
+    # a head started without one would run unauthenticated (and its workers could not join)
+    env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE", "token")
+    if env["RAY_AUTH_MODE"] == "token":
+        subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1",
                     f"--port={gcs}", f"--num-cpus={head_cpus}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE", "token")
     for _ in range(workers):
         subprocess.run([_ray_bin(), "start", f"--address=127.0.0.1:{gcs}",
                         "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
@@ -112,22 +90,11 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
                        stdout=subprocess.DEVNULL)
     info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
             "temp_dir": str(temp_dir), "nodes": 1 + workers}
-    _wait_http(f"{info['dashboard']}/api/version", 180, "the Ray dashboard")
+    wait_http(f"{info['dashboard']}/api/version", 180, "the Ray dashboard")
     if mlflow:
-        port = _free_port()
-        store = folder / "mlflow"
-        store.mkdir(exist_ok=True)
-        log = open(folder / "mlflow.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-             "--artifacts-destination", str(store / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        info.update(mlflow=f"http://127.0.0.1:{port}", mlflow_pid=proc.pid)
         (folder / "cluster.json").write_text(json.dumps(info, indent=2))
-        _wait_http(f"{info['mlflow']}/health", 180, "the MLflow server")
+        proc, uri = start_mlflow(folder / "mlflow", port=free_port(20000), timeout=180)
+        info.update(mlflow=uri, mlflow_pid=proc.pid)
     (folder / "cluster.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -158,9 +125,6 @@ def down(folder: Path = DEFAULT_DIR) -> bool:
     for p in list(procs):
         with contextlib.suppress(psutil.Error):
             procs.extend(p.children(recursive=True))
-    if info.get("mlflow_pid"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(info["mlflow_pid"], signal.SIGTERM)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
@@ -169,9 +133,7 @@ def down(folder: Path = DEFAULT_DIR) -> bool:
         with contextlib.suppress(psutil.Error):
             p.kill()
     if info.get("mlflow_pid"):
-        time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(info["mlflow_pid"], signal.SIGKILL)
+        stop_group(info["mlflow_pid"])
     (folder / "cluster.json").unlink()
     shutil.rmtree(info["temp_dir"], ignore_errors=True)
     return True

@@ -17,17 +17,13 @@ Example: bertpipe embed --model models:/bert-wiki@latest --input docs.jsonl --ou
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from jobs.configargs import ConfigError, add_config_args, resolve
-from jobs.errors import user_errors
+from jobs.config import ConfigError
 from pipeline.errors import InputError
 from pipeline.storage import expand_inputs, filesystem, is_remote
 
@@ -90,8 +86,8 @@ class Embedder:
         import torch
 
         import model.hf
-        from jobs.finetune_model import local_model_dir
-        from jobs.finetune_tasks import tokenizer_for
+        from jobs.finetune.tasks import tokenizer_for
+        from jobs.train.sources import local_model_dir
         from model import BertModel
         torch.set_num_threads(max(1, threads))
         hf_dir = local_model_dir(model_dir, model_uri, tracking_uri)
@@ -105,8 +101,8 @@ class Embedder:
         import pyarrow as pa
         import torch
 
-        from jobs.finetune_predict import to_tensors
-        from pipeline.task_features import Features, collate, encode_pairs
+        from jobs.finetune.predict import to_tensors
+        from pipeline.tasks.features import Features, collate, encode_pairs
         texts = ["" if t is None else str(t) for t in batch.column(self.text_column).to_pylist()]
         cols = encode_pairs(self.tok, texts, None, self.max_len)
         feats = Features(cols, np.arange(len(texts)), len(texts))
@@ -149,30 +145,29 @@ def _read(cfg: EmbedConfig):
 
 
 def run(cfg: EmbedConfig) -> dict:
-    import ray
-    import ray.data
-
-    from jobs.finetune_model import resolve_model
-    from jobs.finetune_trials import worker_env
     from jobs.tracking import default_tracking_uri
+    from jobs.train.runtime import ray_session, worker_env
+    from jobs.train.sources import resolve_model
     from model.config import BertConfig
     cfg.validate()
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     source = resolve_model(cfg.model, tracking_uri)
     hidden = BertConfig.from_json(source.hf_dir / "config.json").hidden_size
     dim = hidden * (4 if cfg.mode == "last4" else 1)
-    started_ray = False
-    if not ray.is_initialized():
-        # inside a Ray job (`ray job submit`), merge our runtime env with the job's
-        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-        ray.init(address=cfg.address or os.environ.get("RAY_ADDRESS"),
-                 runtime_env={"env_vars": worker_env()})
-        started_ray = True
+    with ray_session(cfg.address, worker_env([cfg.model, *cfg.input, cfg.output],
+                                             tracking_uri)):
+        return _embed(cfg, source, tracking_uri, dim)
+
+
+def _embed(cfg: EmbedConfig, source, tracking_uri: str, dim: int) -> dict:
+    import ray
+    import ray.data
+
+    from jobs.train.device import use_gpu
     context = ray.data.DataContext.get_current()
     preserve = context.execution_options.preserve_order
     try:
-        gpu = cfg.use_gpu if cfg.use_gpu is not None else \
-            ray.cluster_resources().get("GPU", 0) >= 1
+        gpu = use_gpu(cfg.use_gpu)
         cpus = ray.cluster_resources().get("CPU", 0)
         if not gpu and cfg.num_actors * cfg.cpus_per_actor > cpus - 1:
             raise ConfigError(f"{cfg.num_actors} actor(s) x {cfg.cpus_per_actor:g} CPU leave "
@@ -206,8 +201,6 @@ def run(cfg: EmbedConfig) -> dict:
                 "model": source.uri, "inputs": len(files)}
     finally:
         context.execution_options.preserve_order = preserve
-        if started_ray:
-            ray.shutdown()
 
 
 def _count_rows(output: str) -> int:
@@ -221,21 +214,6 @@ def _count_rows(output: str) -> int:
     return total
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bertpipe embed",
-        description="Per-text vectors from a BERT model (Ray Data batch inference) to Parquet.")
-    add_config_args(parser, EmbedConfig)
-    return parser
-
-
-@user_errors
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    summary = run(resolve(EmbedConfig, args))
-    print(json.dumps(summary), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import main
+    sys.exit(main(["embed", *sys.argv[1:]]))

@@ -8,27 +8,30 @@ Parquet when the file name says so) next to the gold answer. Metrics and the pre
 are logged to an MLflow run tagged with the model's URI and the run that produced it. The
 last line of stdout is one JSON object: the run id, the metrics, the predictions path.
 
-Example: bertpipe evaluate --model models:/wiki-topics@best --data test.jsonl
+Example: bertpipe evaluate --model models:/wiki-topics@best --input test.jsonl
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from jobs.configargs import ConfigError, add_config_args, resolve
-from jobs.errors import user_errors
-from jobs.finetune_config import FinetuneConfig
-from jobs.finetune_model import resolve_model
-from jobs.finetune_tasks import (TaskSpec, build_model, featurize, read_examples,
-                                 spec_from_config, tokenizer_for)
-from jobs.finetune_tracking import PARENT_TAG, JobRun
-from jobs.tracking import default_tracking_uri
+from jobs.config import ConfigError
+from jobs.finetune.config import FinetuneConfig
+from jobs.finetune.tasks import (
+    TaskSpec,
+    build_model,
+    featurize,
+    read_examples,
+    spec_from_config,
+    tokenizer_for,
+)
+from jobs.tracking import PARENT_TAG, Tracker, default_tracking_uri
+from jobs.train.sources import resolve_model
 from model.config import BertConfig
 
 # options that, when given, override what the model's bertpipe_task.json says
@@ -39,10 +42,11 @@ SPEC_OVERRIDES = ("text_column", "text_pair_column", "label_column", "choice_col
 
 @dataclass
 class EvaluateConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"data": "input"}
     model: str = ""
     """The model: an MLflow URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH) or a
     HF folder"""
-    data: str = ""
+    input: str = ""
     """Data to evaluate on: JSONL, CSV/TSV, Parquet, SQuAD JSON or CoNLL; local or s3://"""
     task: Literal["classification", "token-classification", "question-answering",
                   "multiple-choice"] | None = None
@@ -89,8 +93,8 @@ class EvaluateConfig:
     def validate(self) -> EvaluateConfig:
         if not self.model:
             raise ConfigError("no model given: pass --model URI_OR_DIR")
-        if not self.data:
-            raise ConfigError("no data given: pass --data FILE")
+        if not self.input:
+            raise ConfigError("no input given: pass --input FILE")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1 (got {self.batch_size})")
         return self
@@ -142,36 +146,36 @@ def write_predictions(path: str, records: list[dict]) -> None:
 def run(cfg: EvaluateConfig) -> dict:
     import torch
 
-    from jobs.finetune_predict import check_metric, infer, score
+    from jobs.finetune.predict import check_metric, infer, score
     cfg.validate()
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     source = resolve_model(cfg.model, tracking_uri)
     spec = task_spec(cfg, source.hf_dir)
     check_metric(spec)
     tok, vocab, _ = tokenizer_for(source.hf_dir)
-    rows = read_examples(spec, cfg.data, cfg.format, cfg.max_examples)
-    features = featurize(spec, tok, vocab, rows, cfg.data, training=False)
+    rows = read_examples(spec, cfg.input, cfg.format, cfg.max_examples)
+    features = featurize(spec, tok, vocab, rows, cfg.input, training=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = build_model(spec, source.hf_dir).to(device)
     started = time.perf_counter()
     raw = infer(net, spec, features, range(len(features)), cfg.batch_size, device)
     predictions, metrics = score(spec, rows, features, raw)
     seconds = time.perf_counter() - started
-    run_name = cfg.run_name or f"evaluate-{Path(cfg.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = cfg.run_name or f"evaluate-{Path(cfg.input).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = cfg.predictions or str(Path("out/evaluate") / run_name / "predictions.jsonl")
     write_predictions(path, [{**p, "gold": _gold(spec, r)} for p, r in zip(predictions, rows)])
     print(f"[evaluate] {len(rows)} examples in {seconds:.1f}s: "
           + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr, flush=True)
 
     tags = {"bertpipe.job": "evaluate", "bertpipe.task": spec.task, "bertpipe.model": source.uri,
-            "bertpipe.data": str(cfg.data)}
+            "bertpipe.data": str(cfg.input)}
     if source.run_id:
         tags["bertpipe.model_run_id"] = source.run_id
     if source.registered:
         tags["bertpipe.model_version"] = source.registered
     if cfg.parent_run_id:
         tags[PARENT_TAG] = cfg.parent_run_id
-    job_run = JobRun(tracking_uri, cfg.experiment, run_name, tags)
+    job_run = Tracker(tracking_uri, cfg.experiment, run_name, tags)
     run_id = job_run.open({**dataclasses.asdict(cfg), "examples": len(rows),
                            "spec": dataclasses.asdict(spec)})
     job_run.log_metrics({**metrics, "seconds": seconds}, step=0)
@@ -181,23 +185,6 @@ def run(cfg: EvaluateConfig) -> dict:
             "examples": len(rows), "metrics": metrics, "predictions": str(Path(path).absolute())}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bertpipe evaluate",
-        description="Evaluate a fine-tuned model on a data file: metrics and predictions, "
-                    "logged to MLflow.")
-    add_config_args(parser, EvaluateConfig)
-    return parser
-
-
-@user_errors
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = resolve(EvaluateConfig, args)
-    summary = run(cfg)
-    print(json.dumps(summary, default=str), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import main
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,5 +1,8 @@
 """`bertpipe prepare` / `python -m jobs.prepare`: corpora -> masked, length-binned Parquet shards.
 
+Example: bertpipe prepare --input corpus/ --output shards/ --format text --vocab-size 30522
+
+
 The driver lists the inputs, settles the vocab, checks the output directory, then runs the
 three passes of `pipeline.shards` as Ray Data jobs (one task per file, per block, per shard)
 and writes `manifest.json` last: an output without a manifest is incomplete, and a rerun
@@ -8,25 +11,23 @@ for different ones is refused unless `--overwrite`.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
 from typing import Callable
 
-from jobs.configargs import add_config_args, resolve, to_dict
-from jobs.errors import user_errors
+from jobs.config import to_dict
+from jobs.train.runtime import ray_session, worker_env
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
 from pipeline.errors import InputError
+from pipeline.manifest import InputFile, Manifest, ShardEntry, VocabEntry
 from pipeline.read import check_first_record
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import build_block, merge_bins, plan_shards, tokenize_file, write_shard
-from pipeline.storage import (delete, expand_inputs, join, list_names, read_text,
-                              write_file_atomic)
+from pipeline.storage import delete, expand_inputs, join, list_names, read_text, write_file_atomic
 from pipeline.tokenizer import VocabInfo, load_vocab, train_vocab
 
 OWN_NAMES = ("manifest.json", "vocab.txt", "_work")
@@ -37,15 +38,10 @@ def log(msg: str) -> None:
     print(f"[prepare] {msg}", file=sys.stderr, flush=True)
 
 
-def ray_mapper(address: str | None) -> Mapper:
-    """Map a function over items as a Ray Data job: one task per item, progress on the driver."""
+def ray_mapper() -> Mapper:
+    """Map a function over items as a Ray Data job: one task per item, progress on the driver.
+    Ray must be running (`ray_session`)."""
     import ray
-
-    if not ray.is_initialized():
-        # inside a Ray job (`ray job submit`), merge our runtime env with the job's
-        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
-                 runtime_env={"env_vars": _worker_env()})
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False  # the driver logs progress itself
 
@@ -90,14 +86,6 @@ class _Progress:
             log(f"  {self.name}: {self.done}/{self.total} ({100 * self.done // self.total}%)")
 
 
-def _worker_env() -> dict:
-    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "TOKENIZERS_PARALLELISM")
-    env = {k: os.environ[k] for k in keys if k in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
 def _catching_user_errors(fn, row) -> dict:
     """Run `fn` in a worker; a user error travels back as data, to be raised by the driver."""
     try:
@@ -113,12 +101,13 @@ def _job_key(cfg: PrepareConfig, files: list[tuple[str, int]], vocab_sha: str) -
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _check_output(cfg: PrepareConfig, job_key: str) -> dict | None:
+def _check_output(cfg: PrepareConfig, job_key: str) -> Manifest | None:
     """The existing manifest if the output is already done; clears partial outputs."""
     names = list_names(cfg.output)
     if "manifest.json" in names:
-        manifest = json.loads(read_text(join(cfg.output, "manifest.json")))
-        if manifest.get("job_key") == job_key and not cfg.overwrite:
+        manifest = Manifest.from_json(read_text(join(cfg.output, "manifest.json")),
+                                      join(cfg.output, "manifest.json"))
+        if manifest.job_key == job_key and not cfg.overwrite:
             return manifest
         if not cfg.overwrite:
             raise InputError(f"output {cfg.output} already holds shards made from other inputs "
@@ -143,12 +132,12 @@ def _vocab(cfg: PrepareConfig, files, mapper: Mapper) -> list[str]:
         try:
             text = read_text(cfg.vocab)
         except FileNotFoundError:
-            raise InputError(f"vocab {cfg.vocab}: no such file")
+            raise InputError(f"vocab {cfg.vocab}: no such file") from None
         except UnicodeDecodeError:
             raise InputError(f"vocab {cfg.vocab}: not UTF-8 text; pass a vocab.txt with one "
-                             f"WordPiece token per line")
+                             f"WordPiece token per line") from None
         except OSError as e:
-            raise InputError(f"vocab {cfg.vocab}: cannot read it ({e})")
+            raise InputError(f"vocab {cfg.vocab}: cannot read it ({e})") from None
         return load_vocab(text, name=cfg.vocab)
     log(f"training a WordPiece vocab of {cfg.vocab_size} on up to "
         f"{cfg.vocab_sample_bytes / 1e6:.0f} MB of the corpus")
@@ -173,9 +162,13 @@ def _train_vocab_task(cfg: PrepareConfig, files) -> list[str]:
     return train_vocab(sentences(), cfg.vocab_size, cfg.do_lower_case)
 
 
-def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> dict:
+def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
     """Run the whole job; returns the manifest (also written as OUTPUT/manifest.json)."""
     cfg.validate()
+    if mapper is None and cfg.executor != "local":
+        with ray_session(cfg.address, worker_env([*cfg.input, cfg.output, cfg.vocab]),
+                         log_to_driver=False):
+            return prepare(cfg, ray_mapper())
     started = time.time()
     files = expand_inputs(cfg.input)
     for path, _ in files[:1]:
@@ -183,8 +176,7 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> dict:
     total_bytes = sum(size for _, size in files)
     log(f"{len(files)} input file(s), {total_bytes / 1e6:.1f} MB")
 
-    if mapper is None:
-        mapper = local_mapper if cfg.executor == "local" else ray_mapper(cfg.address)
+    mapper = mapper or local_mapper
     vocab_given_sha = hashlib.sha256(read_text(cfg.vocab).encode()).hexdigest() \
         if cfg.vocab else ""
     job_key = _job_key(cfg, files, vocab_given_sha)
@@ -238,59 +230,41 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> dict:
         "masked_tokens": sum(r.get("masked_tokens", 0) for r in blocks),
         "random_next": sum(r.get("random_next", 0) for r in blocks),
     }
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "job_key": job_key,
-        "config": to_dict(cfg),
-        "vocab": {"file": "vocab.txt", "sha256": hashlib.sha256(vocab_text.encode()).hexdigest(),
-                  "size": len(vocab), "do_lower_case": cfg.do_lower_case},
-        "max_seq_length": cfg.max_seq_length,
-        "bin_size": cfg.bin_size,
-        "nsp": cfg.nsp,
-        "inputs": [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]}
-                   for f in file_stats],
-        "skipped": {"count": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
-        "counts": counts,
-        "instances_per_bin": {str(b): sum(n.values()) for b, n in sorted(rows.items())},
-        "shards": shards,
-        "seconds": round(elapsed, 2),
-    }
+    config = to_dict(cfg)
     for key in ("address", "executor"):
-        manifest["config"].pop(key, None)
-    write_file_atomic(join(cfg.output, "manifest.json"),
-                      (json.dumps(manifest, indent=2) + "\n").encode())
+        config.pop(key, None)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, job_key=job_key, config=config,
+        vocab=VocabEntry("vocab.txt", hashlib.sha256(vocab_text.encode()).hexdigest(),
+                         len(vocab), cfg.do_lower_case),
+        max_seq_length=cfg.max_seq_length, bin_size=cfg.bin_size, nsp=cfg.nsp,
+        inputs=[InputFile(f["path"], f["size"], f["sha256"]) for f in file_stats],
+        skipped={"count": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
+        counts=counts,
+        instances_per_bin={str(b): sum(n.values()) for b, n in sorted(rows.items())},
+        shards=[ShardEntry(**s) for s in shards], seconds=round(elapsed, 2))
+    write_file_atomic(join(cfg.output, "manifest.json"), manifest.to_json().encode())
     delete(work)
     _summary(manifest, elapsed)
     return manifest
 
 
-def _summary(m: dict, elapsed: float) -> None:
-    c = m["counts"]
+def _summary(m: Manifest, elapsed: float) -> None:
+    c = m.counts
     log(f"done in {elapsed:.1f}s: {c['documents']} documents, {c['sentences']} sentences, "
         f"{c['input_tokens']} input tokens -> {c['instances']} instances, {c['tokens']} tokens "
-        f"in {len(m['shards'])} shards ({c['input_tokens'] / max(elapsed, 1e-9):,.0f} input "
-        f"tokens/s); skipped: {m['skipped']['count']}"
-        + "".join(f"\n[prepare]   skipped {n} x {r}" for r, n in m["skipped"]["by_reason"].items()))
+        f"in {len(m.shards)} shards ({c['input_tokens'] / max(elapsed, 1e-9):,.0f} input "
+        f"tokens/s); skipped: {m.skipped['count']}"
+        + "".join(f"\n[prepare]   skipped {n} x {r}" for r, n in m.skipped["by_reason"].items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bertpipe prepare",
-        description="Turn corpora into masked, length-binned BERT pretraining shards.")
-    add_config_args(parser, PrepareConfig)
-    return parser
-
-
-@user_errors
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = resolve(PrepareConfig, args)
+def run(cfg: PrepareConfig) -> dict:
+    """`bertpipe prepare`: the job, summarized in one line of JSON."""
     manifest = prepare(cfg)
-    print(json.dumps({"output": cfg.output, **manifest["counts"],
-                      "shards": len(manifest["shards"]),
-                      "skipped": manifest["skipped"]["count"]}))
-    return 0
+    return {"output": cfg.output, **manifest.counts, "shards": len(manifest.shards),
+            "skipped": manifest.skipped["count"]}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import main
+    sys.exit(main(["prepare", *sys.argv[1:]]))

@@ -21,14 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from jobs.configargs import ConfigError, from_dict
-from jobs.errors import user_errors
+from jobs.config import ConfigError, apply_set, from_dict, read_yaml, values_for
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
-from pipeline.errors import InputError
-from pipeline.storage import (exists, expand_inputs, is_remote, join, read_text,
-                              write_file_atomic)
+from pipeline.storage import exists, expand_inputs, is_remote, join, read_text, write_file_atomic
 
 
 def log(msg: str) -> None:
@@ -64,41 +59,11 @@ class Workflow:
         return self
 
 
-def _set_path(values: dict, dotted: str, raw: str) -> None:
-    """Apply `--set a.b.0.c=VALUE` to nested dicts and lists."""
-    parts = dotted.split(".")
-    node = values
-    for i, part in enumerate(parts[:-1]):
-        key = int(part) if isinstance(node, list) else part
-        try:
-            node = node[key]
-        except (KeyError, IndexError, TypeError):
-            if isinstance(node, dict):
-                node[key] = {}
-                node = node[key]
-            else:
-                raise ConfigError(f"--set {dotted}: no element {'.'.join(parts[:i + 1])}")
-    last = parts[-1]
-    value = yaml.safe_load(raw) if raw else ""
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def load(path: str | Path, overrides: list[str] = ()) -> Workflow:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"workflow file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"workflow file {path} is not valid YAML: {str(e).splitlines()[0]}")
+    """The workflow file with `--set a.b.0.c=VALUE` overrides applied, paths made absolute."""
+    values = read_yaml(path, "workflow file")
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        _set_path(values, key.strip(), raw)
+        apply_set(values, item)
     names = {f.name for f in dataclasses.fields(Workflow)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -201,8 +166,8 @@ class Runner:
     # -- stages --------------------------------------------------------------------------
     def prepare(self, label: str, values: dict) -> dict:
         wf = self.wf
-        cfg = from_dict(PrepareConfig, {**values, "output": "-", "address": wf.address},
-                        origin=f"workflow {label}")
+        cfg = from_dict(PrepareConfig, {**values_for("prepare", values), "output": "-",
+                                        "address": wf.address}, origin=f"workflow {label}")
         inputs = expand_inputs(cfg.input)
         options = {k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_FIELDS}
         key = _key(label, options, inputs)
@@ -211,19 +176,16 @@ class Runner:
         def run():
             from jobs.prepare import prepare
             manifest = prepare(cfg)
-            return {"output": cfg.output, "counts": manifest["counts"],
+            return {"output": cfg.output, "counts": manifest.counts,
                     "max_seq_length": cfg.max_seq_length}
         return {**self.stage(label, key, run), "key": key}
 
     def pretrain(self, label: str, values: dict, data: dict, alias: str,
                  init_from: str | None = None) -> dict:
-        from jobs.pretrain_config import PretrainConfig, preset_path
+        from jobs.pretrain.config import PretrainConfig
         wf = self.wf
-        values = dict(values)
-        preset = values.pop("preset", None)
-        values.pop("prepare", None)
-        base = yaml.safe_load(preset_path(preset).read_text()) if preset else {}
-        settings = {**base, **values, "data": data["output"], "experiment": wf.name,
+        values = values_for("pretrain", {k: v for k, v in values.items() if k != "prepare"})
+        settings = {**values, "data": data["output"], "experiment": wf.name,
                     "storage_path": join(wf.storage, "checkpoints"),
                     "tracking_uri": self.tracking_uri, "register_as": wf.name,
                     "model_alias": alias, "address": wf.address}
@@ -235,14 +197,14 @@ class Runner:
         cfg = from_dict(PretrainConfig, settings, origin=f"workflow {label}").validate()
 
         def run():
-            from jobs.pretrain import run as pretrain
+            from jobs.pretrain.driver import run as pretrain
             return pretrain(cfg)
         return {**self.stage(label, key, run), "key": key}
 
     def finetune(self, index: int, values: dict, model_uri: str, upstream: str) -> dict:
-        from jobs.finetune_config import FinetuneConfig
+        from jobs.finetune.config import FinetuneConfig
         wf = self.wf
-        settings = {"model": model_uri, **values, "experiment": wf.name,
+        settings = {"model": model_uri, **values_for("finetune", values), "experiment": wf.name,
                     "tracking_uri": self.tracking_uri, "address": wf.address,
                     "storage_path": join(wf.storage, "finetune")}
         task = settings.get("task", "task")
@@ -253,12 +215,13 @@ class Runner:
         cfg = from_dict(FinetuneConfig, settings, origin=f"workflow finetune[{index}]")
 
         def run():
-            from jobs.finetune import run as finetune
+            from jobs.finetune.driver import run as finetune
             return finetune(cfg)
         return {**self.stage(f"finetune-{index}-{task}", key, run), "key": key}
 
     def evaluate(self, index: int, values: dict, model_uri: str, upstream: str) -> dict:
-        from jobs.evaluate import EvaluateConfig, run as evaluate
+        from jobs.evaluate import EvaluateConfig
+        from jobs.evaluate import run as evaluate
         wf = self.wf
         settings = {"model": model_uri, **values, "tracking_uri": self.tracking_uri,
                     "experiment": wf.name}
@@ -276,44 +239,61 @@ def _model_uri(result: dict) -> str:
 
 
 def run(wf: Workflow) -> dict:
-    """Run every stage not yet done for its config; returns the summary."""
+    """Run every stage not yet done for its config; returns the summary. One Ray session
+    serves every stage."""
+    from jobs.train.runtime import ray_session, worker_env
     runner = Runner(wf)
+    paths = [wf.storage, *_paths(wf.prepare), *[p for f in wf.finetune for p in _paths(f)],
+             *[p for e in wf.evaluate for p in _paths(e)]]
     try:
-        data1 = runner.prepare("prepare", wf.prepare)
-        pretrained = None
-        if wf.pretrain:
-            pretrained = runner.pretrain("pretrain-phase1", wf.pretrain, data1, "phase1")
-        if wf.pretrain_phase2:
-            if pretrained is None:
-                raise ConfigError("workflow: pretrain_phase2 needs a 'pretrain' section")
-            overrides = {k: v for k, v in (wf.pretrain_phase2.get("prepare") or {}).items()}
-            values2 = {**wf.prepare, **overrides, "vocab": join(data1["output"], "vocab.txt")}
-            values2.pop("vocab_size", None)
-            data2 = runner.prepare("prepare-phase2", values2)
-            pretrained = runner.pretrain("pretrain-phase2", wf.pretrain_phase2, data2, "phase2",
-                                         init_from=_model_uri(pretrained))
-        tuned: dict[str, dict] = {}
-        for i, values in enumerate(wf.finetune):
-            model = values.get("model") or (pretrained and _model_uri(pretrained))
-            if not model:
-                raise ConfigError(f"workflow finetune[{i}]: give 'model' (no pretrain stage)")
-            result = runner.finetune(i, {k: v for k, v in values.items() if k != "model"},
-                                     model, pretrained["key"] if pretrained else "")
-            tuned.setdefault(values.get("task", ""), result)
-        for i, values in enumerate(wf.evaluate):
-            source = tuned.get(values.get("task", "")) or next(iter(tuned.values()), None)
-            model = values.get("model") or (source and _model_uri(source))
-            if not model:
-                raise ConfigError(f"workflow evaluate[{i}]: give 'model' (no fine-tuned model "
-                                  f"for task {values.get('task')!r})")
-            runner.evaluate(i, {k: v for k, v in values.items() if k != "model"}, model,
-                            source["key"] if source else "")
+        with ray_session(wf.address, worker_env(paths, runner.tracking_uri)):
+            _run_stages(wf, runner)
     except BaseException:
         runner.finish("FAILED")
         raise
     runner.finish("FINISHED")
     return {"workflow": wf.name, "parent_run_id": runner.parent_run_id,
             "tracking_uri": runner.tracking_uri, "stages": runner.stages}
+
+
+def _paths(section: dict) -> list[str]:
+    out = []
+    for key in PATH_KEYS:
+        value = section.get(key)
+        out += value if isinstance(value, list) else [value] if value else []
+    return [str(v) for v in out]
+
+
+def _run_stages(wf: Workflow, runner: Runner) -> None:
+    data1 = runner.prepare("prepare", wf.prepare)
+    pretrained = None
+    if wf.pretrain:
+        pretrained = runner.pretrain("pretrain-phase1", wf.pretrain, data1, "phase1")
+    if wf.pretrain_phase2:
+        if pretrained is None:
+            raise ConfigError("workflow: pretrain_phase2 needs a 'pretrain' section")
+        overrides = {k: v for k, v in (wf.pretrain_phase2.get("prepare") or {}).items()}
+        values2 = {**wf.prepare, **overrides, "vocab": join(data1["output"], "vocab.txt")}
+        values2.pop("vocab_size", None)
+        data2 = runner.prepare("prepare-phase2", values2)
+        pretrained = runner.pretrain("pretrain-phase2", wf.pretrain_phase2, data2, "phase2",
+                                     init_from=_model_uri(pretrained))
+    tuned: dict[str, dict] = {}
+    for i, values in enumerate(wf.finetune):
+        model = values.get("model") or (pretrained and _model_uri(pretrained))
+        if not model:
+            raise ConfigError(f"workflow finetune[{i}]: give 'model' (no pretrain stage)")
+        result = runner.finetune(i, {k: v for k, v in values.items() if k != "model"},
+                                 model, pretrained["key"] if pretrained else "")
+        tuned.setdefault(values.get("task", ""), result)
+    for i, values in enumerate(wf.evaluate):
+        source = tuned.get(values.get("task", "")) or next(iter(tuned.values()), None)
+        model = values.get("model") or (source and _model_uri(source))
+        if not model:
+            raise ConfigError(f"workflow evaluate[{i}]: give 'model' (no fine-tuned model "
+                              f"for task {values.get('task')!r})")
+        runner.evaluate(i, {k: v for k, v in values.items() if k != "model"}, model,
+                        source["key"] if source else "")
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -337,7 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
@@ -352,4 +331,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import main as cli
+    sys.exit(cli(["workflow", *sys.argv[1:]]))

@@ -5,15 +5,24 @@ checkpoints work unchanged (`model.hf` reads and writes HF folders). This packag
 imports transformers, Ray or MLflow, and never reads training data.
 """
 from model.bert import BertModel, BertPreTrainedModel
-from model.config import PRESETS, BertConfig
-from model.outputs import (BaseModelOutput, BertForPreTrainingOutput, ClassifierOutput,
-                           QuestionAnsweringModelOutput)
+from model.config import PRESETS, BertConfig, ModelError
+from model.outputs import (
+                           BaseModelOutput,
+                           BertForPreTrainingOutput,
+                           ClassifierOutput,
+                           QuestionAnsweringModelOutput,
+)
 from model.pretraining import BertForPreTraining
-from model.tasks import (BertForMultipleChoice, BertForQuestionAnswering,
-                         BertForSequenceClassification, BertForTokenClassification, best_spans)
+from model.tasks import (
+                           BertForMultipleChoice,
+                           BertForQuestionAnswering,
+                           BertForSequenceClassification,
+                           BertForTokenClassification,
+                           best_spans,
+)
 
 __all__ = [
-    "PRESETS", "BertConfig", "BertPreTrainedModel", "BertModel", "BertForPreTraining",
+    "PRESETS", "BertConfig", "ModelError", "BertPreTrainedModel", "BertModel", "BertForPreTraining",
     "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
     "BertForMultipleChoice", "best_spans", "BaseModelOutput", "BertForPreTrainingOutput",
     "ClassifierOutput", "QuestionAnsweringModelOutput",

@@ -11,7 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded as asked (bad config, missing or misfit
+    weights); the message is one line that names the file or field."""
+
 
 # Google's BERT sizes (L layers, H hidden, A heads); the FFN is always 4H wide.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -63,22 +67,22 @@ class BertConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
-            raise InputError(f"hidden_size {self.hidden_size} is not a multiple of "
+            raise ModelError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
         if self.hidden_act not in ACTIVATIONS:
-            raise InputError(f"hidden_act {self.hidden_act!r} is not supported "
+            raise ModelError(f"hidden_act {self.hidden_act!r} is not supported "
                              f"(one of: {', '.join(ACTIVATIONS)})")
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
             if len(self.id2label) != self.num_labels:
-                raise InputError(f"id2label names {len(self.id2label)} labels but num_labels "
+                raise ModelError(f"id2label names {len(self.id2label)} labels but num_labels "
                                  f"is {self.num_labels}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> BertConfig:
         """One of `PRESETS` (bert-tiny ... bert-large); keyword arguments override fields."""
         if name not in PRESETS:
-            raise InputError(f"unknown BERT preset {name!r} (one of: {', '.join(PRESETS)})")
+            raise ModelError(f"unknown BERT preset {name!r} (one of: {', '.join(PRESETS)})")
         layers, hidden, heads = PRESETS[name]
         values = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                       intermediate_size=4 * hidden)
@@ -88,12 +92,12 @@ class BertConfig:
     def from_dict(cls, d: dict) -> BertConfig:
         """From a HF config dict; keys that are not fields (`architectures`, ...) are ignored."""
         if d.get("model_type", "bert") != "bert":
-            raise InputError(f"model_type {d['model_type']!r} is not BERT")
+            raise ModelError(f"model_type {d['model_type']!r} is not BERT")
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise InputError(f"position_embedding_type {d['position_embedding_type']!r} is not "
+            raise ModelError(f"position_embedding_type {d['position_embedding_type']!r} is not "
                              "supported (only absolute)")
         if d.get("is_decoder") or d.get("tie_word_embeddings") is False:
-            raise InputError("decoder BERT and untied word embeddings are not supported")
+            raise ModelError("decoder BERT and untied word embeddings are not supported")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in names and v is not None}
         if "id2label" in values:  # HF derives num_labels from id2label
@@ -104,11 +108,11 @@ class BertConfig:
     def from_json(cls, path: str | Path) -> BertConfig:
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"{path} does not exist (expected a HF BERT config.json)")
+            raise ModelError(f"{path} does not exist (expected a HF BERT config.json)")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise InputError(f"{path} is not valid JSON: {e}")
+            raise ModelError(f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
     def to_dict(self) -> dict:

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.config import BertConfig
+from model.config import BertConfig, ModelError
 from model.pretraining import BertForPreTraining
-from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if (path / name).is_file():
             break
     else:
-        raise InputError(f"{path} holds no BERT weights "
+        raise ModelError(f"{path} holds no BERT weights "
                          f"(expected one of: {', '.join(WEIGHT_FILES)})")
     files = [path / name]
     if name.endswith(".index.json"):  # sharded: the index maps each tensor to its file
@@ -83,13 +82,13 @@ def copy_state(model: torch.nn.Module, state: dict, origin: str = "checkpoint"):
     own = model.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise InputError(f"{origin}: {k} has shape {tuple(v.shape)} but the model expects "
+            raise ModelError(f"{origin}: {k} has shape {tuple(v.shape)} but the model expects "
                              f"{tuple(own[k].shape)} (config.json does not match the weights?)")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in TIED_KEYS]
     encoder = [k for k in missing if ".encoder." in f".{k}" or ".embeddings." in f".{k}"]
     if encoder:
-        raise InputError(f"{origin}: no weights for {encoder[0]} (and {len(encoder) - 1} more "
+        raise ModelError(f"{origin}: no weights for {encoder[0]} (and {len(encoder) - 1} more "
                          "encoder tensors); is it a BERT checkpoint?")
     return missing, list(result.unexpected_keys)
 
@@ -99,7 +98,7 @@ def load(path: str | Path, cls: type = BertForPreTraining, **overrides) -> torch
     (e.g. num_labels=3, hidden_dropout_prob=0.0)."""
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"{path} is not a directory (expected a HF BERT folder)")
+        raise ModelError(f"{path} is not a directory (expected a HF BERT folder)")
     cfg = BertConfig.from_json(path / "config.json")
     if overrides:
         if "num_labels" in overrides:
@@ -128,7 +127,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def read_vocab(vocab: str | Path | list[str]) -> list[str]:
     if isinstance(vocab, (str, Path)):
         if not Path(vocab).is_file():
-            raise InputError(f"vocab file {vocab} does not exist")
+            raise ModelError(f"vocab file {vocab} does not exist")
         return [line.rstrip("\r\n") for line in
                 Path(vocab).read_text(encoding="utf-8").splitlines()]
     return list(vocab)
@@ -139,9 +138,9 @@ def save_tokenizer(path: Path, vocab, do_lower_case: bool, vocab_size: int, max_
     tokens = read_vocab(vocab)
     lacking = [t for t in SPECIAL_TOKENS.values() if t not in tokens]
     if lacking:
-        raise InputError(f"vocab lacks the special token(s) {', '.join(lacking)}")
+        raise ModelError(f"vocab lacks the special token(s) {', '.join(lacking)}")
     if len(tokens) > vocab_size:
-        raise InputError(f"vocab has {len(tokens)} tokens but the model only {vocab_size} "
+        raise ModelError(f"vocab has {len(tokens)} tokens but the model only {vocab_size} "
                          "embedding rows")
     (path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": do_lower_case,

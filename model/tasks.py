@@ -43,15 +43,19 @@ class _TaskModel(BertPreTrainedModel):
                          output_hidden_states=output_hidden_states)
 
 
-class BertForSequenceClassification(_TaskModel):
-    """Pooled [CLS] -> dropout -> linear. labels: (B,) class ids -> cross-entropy; (B,) floats
-    with num_labels == 1 -> MSE regression; (B, num_labels) floats -> multi-label BCE."""
+class _LinearHead(_TaskModel):
+    """dropout -> linear to num_labels over the encoder's output (HF's `classifier`)."""
 
     def __init__(self, config: BertConfig, num_labels: int | None = None):
         super().__init__(config, num_labels)
         self.dropout = _classifier_dropout(self.config)
         self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
         self.init_weights(self.classifier)
+
+
+class BertForSequenceClassification(_LinearHead):
+    """Pooled [CLS] -> dropout -> linear. labels: (B,) class ids -> cross-entropy; (B,) floats
+    with num_labels == 1 -> MSE regression; (B, num_labels) floats -> multi-label BCE."""
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False, return_dict=True):
@@ -70,17 +74,11 @@ class BertForSequenceClassification(_TaskModel):
         return result if return_dict else result.to_tuple()
 
 
-class BertForTokenClassification(_TaskModel):
+class BertForTokenClassification(_LinearHead):
     """Each token -> dropout -> linear; labels (B, T) with -100 where no label (padding,
     WordPieces after a word's first)."""
 
     add_pooling_layer = False
-
-    def __init__(self, config: BertConfig, num_labels: int | None = None):
-        super().__init__(config, num_labels)
-        self.dropout = _classifier_dropout(self.config)
-        self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
-        self.init_weights(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False, return_dict=True):

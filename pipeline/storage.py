@@ -76,7 +76,7 @@ def expand_inputs(patterns: list[str]) -> list[tuple[str, int]]:
         try:
             info = fs.get_file_info(base)
         except OSError as e:
-            raise InputError(f"input {pattern}: cannot read it ({str(e).splitlines()[0]})")
+            raise InputError(f"input {pattern}: cannot read it ({str(e).splitlines()[0]})") from None
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"input {pattern}: no such file or directory")
         if info.type == pafs.FileType.File and not has_glob:
@@ -86,7 +86,7 @@ def expand_inputs(patterns: list[str]) -> list[tuple[str, int]]:
         try:
             entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         except OSError as e:
-            raise InputError(f"input {pattern}: cannot list it ({str(e).splitlines()[0]})")
+            raise InputError(f"input {pattern}: cannot list it ({str(e).splitlines()[0]})") from None
         matched = 0
         for e in entries:
             if e.type != pafs.FileType.File or Path(e.path).name.startswith((".", "_")):

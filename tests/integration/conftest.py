@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.tracking import lean_server
+from tests.helpers import lean_server
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,8 @@ def mlflow_server(tmp_path_factory):
 def wiki_shards(wiki_jsonl, tmp_path_factory):
     """The Wikipedia fixture prepared by the real `bertpipe prepare` (local executor): a
     4096-token WordPiece vocab trained on it, seq 128, 6 shards (1 held out for eval)."""
-    from jobs.prepare import main as prepare
+    from tests.helpers import job
+    prepare = job("prepare")
     out = tmp_path_factory.mktemp("wiki-shards") / "wiki128"
     code = prepare(["--input", str(wiki_jsonl), "--format", "jsonl", "--vocab-size", "4096",
                     "--output", str(out), "--max-seq-length", "128", "--dupe-factor", "1",

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 import model.hf
-from jobs.embed import main as embed
-from jobs.finetune_tasks import tokenizer_for
+from jobs.finetune.tasks import tokenizer_for
 from model import BertModel
+from tests.helpers import job
+
+embed = job("embed")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

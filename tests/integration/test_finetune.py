@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import main as evaluate
-from jobs.finetune import main as finetune
+from tests.helpers import job
+
+evaluate = job("evaluate")
+finetune = job("finetune")
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -54,8 +57,8 @@ def classifier(topics, minilm_dir, ray_local, tmp_path_factory):
     """The real fine-tune, once for the module: one Ray Train worker, 1 epoch over 640
     lead sections at 64 tokens (20 steps of 32)."""
     work = tmp_path_factory.mktemp("classifier")
-    from jobs.finetune import run
-    from jobs.finetune_config import FinetuneConfig
+    from jobs.finetune.config import FinetuneConfig
+    from jobs.finetune.driver import run
     cfg = FinetuneConfig(task="classification", model=str(minilm_dir), train=str(topics["train"]),
                          validation=str(topics["dev"]), label_column="topic", max_seq_length=64,
                          epochs=1, batch_size=32, learning_rate=2e-4, num_workers=1,

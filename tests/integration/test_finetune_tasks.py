@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import main as evaluate
-from jobs.finetune import main as finetune
+from tests.helpers import job
+
+evaluate = job("evaluate")
+finetune = job("finetune")
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

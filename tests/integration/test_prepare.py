@@ -13,10 +13,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.prepare import main, prepare
+from jobs.prepare import prepare as prepare_job
 from pipeline.config import PrepareConfig
 from pipeline.errors import InputError
 from pipeline.schema import instance_schema, length_bin
+from tests.helpers import job
+
+main = job("prepare")
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """The job's manifest, as the JSON it writes."""
+    return prepare_job(cfg).to_dict()
+
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

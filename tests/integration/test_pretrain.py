@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.pretrain import TrainingFailed, run
-from jobs.pretrain_config import PretrainConfig, load_preset
+from jobs.config import load_preset
+from jobs.pretrain.config import PretrainConfig
+from jobs.pretrain.driver import run
+from jobs.train.runtime import JobFailed as TrainingFailed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -27,7 +29,7 @@ def workdir(tmp_path_factory):
 
 
 def pretrain(workdir: Path, data: Path | str, run_name: str, **overrides) -> dict:
-    values = {**dataclasses.asdict(load_preset("pretrain-bert-tiny-cpu")),
+    values = {**dataclasses.asdict(load_preset(PretrainConfig, "pretrain", "bert-tiny-cpu")),
               "data": str(data), "run_name": run_name, "storage_path": str(workdir / "ray"),
               "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "max_steps": STEPS,
               "warmup_steps": 8, "learning_rate": 2e-3, "log_every": 1, "eval_every": 0,
@@ -147,7 +149,7 @@ def test_checkpoints_keep_the_last_k_and_hold_every_ranks_state(runs):
 
 def test_phase2_from_phase1_weights_with_a_fresh_schedule_and_mlflow_unreachable(
         runs, workdir, wiki_shards, capfd):
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     phase1 = runs("zero1")
     phase2 = pretrain(workdir, wiki_shards, "phase2", init_from=phase1["checkpoint"],
                       max_steps=4, warmup_steps=2, checkpoint_every=4, zero_stage=1,

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from jobs.tracking import MetricLogger, Tracker, client, get_or_create_run, lean_server
+from jobs.tracking import MetricLogger, Tracker, client, get_or_create_run
+from tests.helpers import lean_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -1,15 +1,13 @@
 """The workflow end to end on a tiny budget, its idempotence, and its runs in the MLflow UI
 opened in a real browser (Debian's Chromium driven by Playwright)."""
-import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from jobs.assets import wiki_topics
-from jobs.configargs import ConfigError
+from jobs.config import ConfigError
 from jobs.workflow import load, run
 
 pytestmark = pytest.mark.slow

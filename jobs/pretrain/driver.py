@@ -1,0 +1,163 @@
+"""`bertpipe pretrain` / `python -m jobs.pretrain`: BERT pretraining with Ray Train + DeepSpeed.
+
+The driver checks the data against the model before any worker starts, creates or finds
+the MLflow run (by run name: a rerun is the same run), and runs `jobs.pretrain.loop` on
+`num_workers` Ray Train workers (Train V2 `TorchTrainer`). Ray storage under
+`storage_path/run_name` holds the checkpoints: rerunning a run name resumes from its latest
+one, and `max_failures` worker-group failures are recovered the same way. At the end the
+driver logs the final checkpoint's HF export as the run's model, registers it when
+`--register-as` is given, and prints one JSON object (run id, checkpoint, model URIs, final
+metrics) as the last line of stdout.
+
+Example: bertpipe pretrain --preset bert-tiny-cpu --data out/wiki128 --max-steps 200
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+from jobs.config import ConfigError
+from jobs.pretrain.checkpoint import TrainerState, latest_state
+from jobs.pretrain.config import PretrainConfig
+from jobs.tracking import Tracker, default_tracking_uri
+from jobs.train.device import use_gpu
+from jobs.train.runtime import (
+    JobFailed,
+    ray_session,
+    secrets_env,
+    settings_env,
+    storage_root,
+    worker_env,
+    worker_runtime_env,
+)
+from jobs.train.sources import resolve_model
+from model import BertConfig
+from pipeline.dataset import Dataset, open_dataset, split_holdout
+from pipeline.loader import PretrainLoader
+from pipeline.storage import is_remote
+
+
+def log(msg: str) -> None:
+    print(f"[pretrain] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Job:
+    """What the driver settles before any worker starts."""
+    cfg: PretrainConfig
+    ds: Dataset
+    run_name: str
+    tracking_uri: str
+    model_cfg: BertConfig
+    init_dir: Path | None
+
+
+def check_job(cfg: PretrainConfig) -> Job:
+    """Every refusal that needs no cluster: config, data, batch plan, model fit, resumability.
+    Local paths are made absolute here: workers run in other folders."""
+    from jobs.pretrain.model import model_config
+    cfg.validate()
+    cfg = dataclasses.replace(cfg, data=storage_root(cfg.data),
+                              storage_path=storage_root(cfg.storage_path))
+    ds = open_dataset(cfg.data)
+    train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
+    # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
+    PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed)
+    run_name = cfg.run_name or cfg.default_run_name()
+    saved = latest_state(cfg.storage_path, run_name)
+    problem = saved and saved.mismatch(TrainerState(cfg.num_workers, cfg.micro_batch(), cfg.seed))
+    if problem:
+        raise ConfigError(f"run {run_name} exists in {cfg.storage_path} and cannot resume: "
+                          f"{problem}")
+    tracking_uri = cfg.tracking_uri or default_tracking_uri()
+    init_dir = None
+    if cfg.init_from:
+        source = resolve_model(cfg.init_from, tracking_uri, flag="--init-from",
+                               dest=Path(tempfile.mkdtemp(prefix="bertpipe-init-")),
+                               need_vocab=False)
+        init_dir = source.hf_dir
+        if not source.uri.startswith(("models:/", "runs:/")) and not is_remote(source.uri):
+            cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).absolute()))
+    return Job(cfg, ds, run_name, tracking_uri, model_config(cfg, ds, init_dir), init_dir)
+
+
+def _start_tracking(job: Job, gpu: bool) -> Tracker:
+    cfg = job.cfg
+    tags = {"bertpipe.job": "pretrain"}
+    if cfg.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.parent_run_id
+    tracker = Tracker(job.tracking_uri, cfg.experiment, job.run_name, tags)
+    params = {**dataclasses.asdict(cfg), "run_name": job.run_name, "use_gpu": gpu,
+              "precision": cfg.resolved_precision(gpu), "accumulation": cfg.accumulation(),
+              "micro_batch_size": cfg.micro_batch(), "model_config": job.model_cfg.to_dict(),
+              "data_vocab_size": job.ds.vocab_size, "data_max_seq_length": job.ds.max_seq_length,
+              "deepspeed": cfg.deepspeed_json(gpu)}
+    run_id = tracker.open(params, cfg.to_yaml(), "pretrain.yaml",
+                          manifest=job.ds.manifest.to_dict(), data_path=cfg.data)
+    where = (f"MLflow run {run_id} ({'resumed' if tracker.resumed else 'new'}) at "
+             f"{job.tracking_uri}" if run_id else f"MLflow at {job.tracking_uri} unreachable, "
+             "training goes on (rank 0 retries)")
+    log(f"run {job.run_name}: {where}; checkpoints in {cfg.storage_path}/{job.run_name}")
+    return tracker
+
+
+def _checkpoint_uri(checkpoint, storage: str) -> str:
+    if is_remote(storage):  # Ray reports object-store paths without their scheme
+        return storage.split("://", 1)[0] + "://" + checkpoint.path.lstrip("/")
+    return checkpoint.path
+
+
+def run(cfg: PretrainConfig) -> dict:
+    """Train; returns the summary printed as the last line of `bertpipe pretrain`."""
+    job = check_job(cfg)
+    cfg = job.cfg
+    paths = (cfg.data, cfg.storage_path, cfg.init_from)
+    with ray_session(cfg.address, worker_env(paths, job.tracking_uri)):
+        gpu = use_gpu(cfg.use_gpu)
+        tracker = _start_tracking(job, gpu)
+        result = _fit(job, gpu, tracker.run_id, secrets_env(paths, job.tracking_uri))
+        checkpoint = result.checkpoint
+        summary = {"run_id": tracker.run_id, "run_name": job.run_name,
+                   "checkpoint": _checkpoint_uri(checkpoint, cfg.storage_path)
+                   if checkpoint else None,
+                   "metrics": result.return_value or {}}
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                summary.update(tracker.log_model(Path(folder) / "hf", cfg.register_as,
+                                                 cfg.model_alias))
+        tracker.finish("FINISHED")
+        return summary
+
+
+def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs.pretrain.loop import train_loop
+    cfg = job.cfg
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
+                           "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
+                           "init_dir": str(job.init_dir) if job.init_dir else None,
+                           "env": settings_env()},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=job.run_name, storage_path=cfg.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env=worker_runtime_env(secrets) if secrets else None))
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        if run_id:
+            failed = Tracker(job.tracking_uri, cfg.experiment, job.run_name)
+            failed.run_id = run_id
+            failed.finish("FAILED")
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise JobFailed(f"training of {job.run_name} failed: {first[:300]} (rerun the same "
+                        "command to resume from its last checkpoint)") from e

@@ -1,0 +1,105 @@
+"""Ray start-up and what every Ray worker gets from the driver's environment.
+
+Written once for all jobs (prepare, pretrain, fine-tune, embed):
+- `ray_session(address, env)`: connect to the cluster (`--address`, `$RAY_ADDRESS`) or start
+  a local Ray instance, with `env` as the job's runtime env; inside a Ray job (`ray job
+  submit`) our env is merged with the job's. Shuts Ray down on exit only if it started it.
+- `worker_env(paths, tracking_uri)`: plain settings (DeepSpeed's op cache, endpoints,
+  MLflow client timeouts) always; credentials only where the job needs them: S3 ones when a
+  path is remote, MLflow ones when the tracking server or a model is remote. Credentials
+  travel only in Ray runtime envs, never in a loop config, params or logs.
+- `worker_runtime_env(env)`: for Ray started by someone else (a test, the workflow): only
+  the keys its job env lacks, or None, which keeps Ray free to reuse idle workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# fail fast on an unreachable MLflow server (its defaults retry for minutes); user env wins
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+SETTINGS_ENV = ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "DS_ACCELERATOR", "BERTPIPE_CACHE",
+                *MLFLOW_CLIENT_ENV)
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+MLFLOW_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                  "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
+MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def extensions_dir() -> str:
+    """Where DeepSpeed's compiled ops are cached between runs (a cold build takes minutes)."""
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                                 str(Path.home() / ".cache" / "bertpipe" / "torch_extensions"))
+
+
+def settings_env() -> dict[str, str]:
+    """Non-secret settings every worker needs (safe to put in a loop config)."""
+    extensions_dir()
+    env = {k: os.environ[k] for k in SETTINGS_ENV if k in os.environ}
+    env.update(TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def secrets_env(paths: Iterable[str | None] = (), tracking_uri: str | None = None) -> dict[str, str]:
+    """Credentials the workers use: S3 ones for remote paths, MLflow ones for a server or an
+    MLflow model URI among `paths`."""
+    from pipeline.storage import is_remote
+    paths = [str(p) for p in paths if p]
+    keys: tuple[str, ...] = ()
+    if any(is_remote(p) for p in paths):
+        keys += AWS_SECRETS
+    if (tracking_uri or "").startswith(("http://", "https://", "databricks")) or \
+            any(p.startswith(MLFLOW_MODEL_SCHEMES) for p in paths):
+        keys += MLFLOW_SECRETS
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def worker_env(paths: Iterable[str | None] = (), tracking_uri: str | None = None) -> dict[str, str]:
+    return {**settings_env(), **secrets_env(paths, tracking_uri)}
+
+
+def storage_root(path: str) -> str:
+    """A local path made absolute (workers and Ray storage run in other folders); a URI as is."""
+    from pipeline.storage import is_remote
+    return path if is_remote(path) else str(Path(path).expanduser().absolute())
+
+
+def apply_settings(env: dict[str, str]) -> None:
+    """On a worker: settings from the driver, unless the worker's own environment has them."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, env: dict[str, str],
+                log_to_driver: bool = True) -> Iterator[bool]:
+    """Ray for the duration of a job; yields True when this call started (and will stop) it."""
+    import ray
+    if ray.is_initialized():
+        yield False
+        return
+    # inside a Ray job (`ray job submit`), merge our runtime env with the job's
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=log_to_driver,
+             runtime_env={"env_vars": env})
+    try:
+        yield True
+    finally:
+        ray.shutdown()  # flushes worker logs, so a job's summary really is its last line
+
+
+def worker_runtime_env(env: dict[str, str]) -> dict | None:
+    """The part of `env` the running Ray job's runtime env lacks, as a worker runtime env."""
+    import ray
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    missing = {k: v for k, v in env.items() if job_env.get(k) != v}
+    return {"env_vars": missing} if missing else None
+
+
+class JobFailed(RuntimeError):
+    """A job that started failed for good (training after its restarts, every trial); the
+    message is one line. The CLI prints it and exits with 1."""
