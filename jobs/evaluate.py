@@ -147,6 +147,7 @@ def run(cfg: EvaluateConfig) -> dict:
     import torch
 
     from jobs.finetune.predict import check_metric, infer, score
+    from jobs.train.device import use_gpu
     cfg.validate()
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     source = resolve_model(cfg.model, tracking_uri)
@@ -155,7 +156,7 @@ def run(cfg: EvaluateConfig) -> dict:
     tok, vocab, _ = tokenizer_for(source.hf_dir)
     rows = read_examples(spec, cfg.input, cfg.format, cfg.max_examples)
     features = featurize(spec, tok, vocab, rows, cfg.input, training=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if use_gpu(None, ray_running=False) else "cpu")
     net = build_model(spec, source.hf_dir).to(device)
     started = time.perf_counter()
     raw = infer(net, spec, features, range(len(features)), cfg.batch_size, device)

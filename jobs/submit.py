@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from jobs.cluster import DEFAULT_DIR, client_env, state
+from jobs.train.runtime import SETTINGS_ENV
 
 EXCLUDES = [".venv/", ".git/", "demo-output/", "__pycache__/", "*.egg-info/", "mlruns/",
             ".pytest_cache/", "*.db"]
-# Passed to the job when set here: where to reach services, never credentials (those come
-# from the cluster's own identity, or explicitly with --env).
-PASS_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "BERTPIPE_CACHE",
-            "TORCH_EXTENSIONS_DIR")
+# Passed to the job when set here: where to reach services and the workers' plain settings,
+# never credentials (those come from the cluster's own identity, or explicitly with --env).
+PASS_ENV = ("MLFLOW_TRACKING_URI", *SETTINGS_ENV)
 
 
 def resolve_address(explicit: str | None) -> str:

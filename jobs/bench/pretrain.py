@@ -45,11 +45,12 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
     import torch
 
     from jobs.pretrain.model import build_model, model_config
+    from jobs.train.device import use_gpu
     from jobs.train.optim import build_optimizer
     from pipeline.dataset import open_dataset, split_holdout
     from pipeline.loader import PretrainLoader
 
-    gpu = torch.cuda.is_available() and cfg.use_gpu is not False
+    gpu = use_gpu(cfg.use_gpu, ray_running=False)
     device = torch.device("cuda" if gpu else "cpu")
     if not gpu:
         torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))

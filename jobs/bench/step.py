@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -115,22 +114,17 @@ def plain_step(model, inputs, precision: str, device, optimizer=None):
 def deepspeed_step(model, inputs, b: StepBenchConfig):
     """The same step through a DeepSpeed engine: engine(...), engine.backward, engine.step."""
     import deepspeed
+
+    from jobs.tracking.server import free_port
+    from jobs.train.deepspeed import deepspeed_config
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                 "MASTER_ADDR": "127.0.0.1"}.items():
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
         os.environ.setdefault(k, v)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     deepspeed.init_distributed(dist_backend="nccl" if b.device == "cuda" else "gloo")
-    ds_config = {
-        "train_micro_batch_size_per_gpu": b.batch_size,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": b.zero_stage},
-        "bf16": {"enabled": b.precision == "bf16"},
-        "steps_per_print": 10 ** 9,
-    }
+    gpu = b.device == "cuda"
+    ds_config = deepspeed_config(batch_size=b.batch_size, micro_batch=b.batch_size,
+                                 accumulation=1, zero_stage=b.zero_stage,
+                                 precision=b.precision, max_grad_norm=1.0, gpu=gpu)
     # torch's AdamW (fused on GPU): no DeepSpeed op to JIT-compile on a machine without nvcc
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01,
                             fused=b.device == "cuda")

@@ -126,7 +126,7 @@ def registered_minilm(minilm_dir, mlflow_server):
     """MiniLM logged and registered the way `bertpipe pretrain` registers its final model."""
     from jobs.tracking import Tracker
     tracker = Tracker(mlflow_server, "bertpipe-pretrain", "minilm-as-pretrained")
-    tracker.start({"model": "minilm"}, "model: minilm\n", {}, str(minilm_dir))
+    tracker.open({"model": "minilm"}, "model: minilm\n", manifest={}, data_path=str(minilm_dir))
     out = tracker.log_model(minilm_dir, "minilm-pretrained", "phase1")
     tracker.finish()
     assert out["registered_uri"] == "models:/minilm-pretrained@phase1"

@@ -24,10 +24,11 @@ def test_the_same_run_name_finds_the_same_run_never_a_duplicate(mlflow_server):
 def test_a_resumed_run_keeps_its_params_and_records_changed_ones_as_tags(mlflow_server):
     manifest = {"counts": {"instances": 3}, "shards": [], "vocab": {"size": 10}}
     first = Tracker(mlflow_server, "tracking-test", "params-run")
-    run_id = first.start({"max_steps": 10, "batch_size": 32}, "max_steps: 10\n", manifest, "/d")
+    run_id = first.open({"max_steps": 10, "batch_size": 32}, "max_steps: 10\n", "pretrain.yaml",
+                        manifest=manifest, data_path="/d")
     again = Tracker(mlflow_server, "tracking-test", "params-run")
-    assert again.start({"max_steps": 20, "batch_size": 32}, "max_steps: 20\n", manifest,
-                       "/d") == run_id
+    assert again.open({"max_steps": 20, "batch_size": 32}, "max_steps: 20\n", "pretrain.yaml",
+                      manifest=manifest, data_path="/d") == run_id
     assert again.resumed
     run = client(mlflow_server).get_run(run_id)
     assert run.data.params == {"max_steps": "10", "batch_size": "32"}
@@ -74,7 +75,7 @@ def test_logging_the_same_weights_twice_registers_one_version(mlflow_server, tmp
     infos = []
     for _ in range(2):   # a rerun of a finished run exports the same final checkpoint again
         tracker = Tracker(mlflow_server, "tracking-test", "export-run")
-        tracker.start({"max_steps": 1}, "max_steps: 1\n", manifest, "/d")
+        tracker.open({"max_steps": 1}, "max_steps: 1\n", manifest=manifest, data_path="/d")
         infos.append(tracker.log_model(hf, "export-test", "current"))
         tracker.finish()
     assert infos[0] == infos[1] and infos[0]["version"] == 1
