@@ -2,9 +2,11 @@
 
 Module and parameter names are those of transformers' `modeling_bert.py`
 (`embeddings.word_embeddings`, `encoder.layer.0.attention.self.query`, ...), so HF
-checkpoints are a plain state-dict copy. Attention runs through
-`F.scaled_dot_product_attention`. Heads live in `pretraining.py` and `tasks.py`; this file
-never computes a loss and never imports transformers.
+checkpoints are a plain state-dict copy. Rows may be packed: several sequences back to back,
+marked by `position_ids` restarting at 0 (see `packing.py`); attention then stays inside each
+sequence. `attention.py` picks the kernel (SDPA with a mask, or variable-length
+FlashAttention on CUDA). Heads live in `pretraining.py` and `tasks.py`; this file never
+computes a loss and never imports transformers.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from model.attention import AttentionLayout, attend, attention_layout
 from model.config import BertConfig
 from model.outputs import BaseModelOutput
 
@@ -62,18 +65,15 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x, mask):
-        # x (B, T, H); mask (B, 1, 1, T) bool, True = a real key, or None for no padding
-        B, T, H = x.shape
+    def forward(self, x, layout: AttentionLayout):
+        B, T, H = x.shape  # x (B, T, H)
         hs = H // self.n_head
         # call the Linear modules (not their weights): ZeRO-3 gathers a module's parameters
         # only when that module runs
-        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
-        return y.transpose(1, 2).reshape(B, T, H)  # re-assemble heads side by side
+        q = self.query(x).view(B, T, self.n_head, hs)  # (B, T, nh, hs)
+        k = self.key(x).view(B, T, self.n_head, hs)
+        v = self.value(x).view(B, T, self.n_head, hs)
+        return attend(q, k, v, layout, self.dropout_p if self.training else 0.0)  # (B, T, H)
 
 
 class BertResidualNorm(nn.Module):
@@ -98,8 +98,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg)  # HF's name: attention.self.query ...
         self.output = BertResidualNorm(cfg, cfg.hidden_size)
 
-    def forward(self, x, mask):
-        return self.output(self.self(x, mask), x)
+    def forward(self, x, layout):
+        return self.output(self.self(x, layout), x)
 
 
 class BertIntermediate(nn.Module):
@@ -119,8 +119,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(cfg)
         self.output = BertResidualNorm(cfg, cfg.intermediate_size)
 
-    def forward(self, x, mask):
-        x = self.attention(x, mask)
+    def forward(self, x, layout):
+        x = self.attention(x, layout)
         return self.output(self.intermediate(x), x)
 
 
@@ -129,14 +129,15 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.gradient_checkpointing = False
+        self.varlen_attention = True  # False: SDPA with a mask even where varlen could run
 
-    def forward(self, x, mask, output_hidden_states=False):
+    def forward(self, x, layout, output_hidden_states=False):
         hidden_states = [x] if output_hidden_states else None
         for layer in self.layer:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, mask, use_reentrant=False)  # recompute in backward
+                x = checkpoint(layer, x, layout, use_reentrant=False)  # recompute in backward
             else:
-                x = layer(x, mask)
+                x = layer(x, layout)
             if hidden_states is not None:
                 hidden_states.append(x)
         return x, hidden_states
@@ -147,8 +148,12 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x):
-        return torch.tanh(self.dense(x[:, 0]))  # (B, H) from [CLS]
+    def forward(self, x, cls_positions=None):
+        if cls_positions is None:
+            return torch.tanh(self.dense(x[:, 0]))  # (B, H) from [CLS]
+        # packed rows: every sequence's [CLS]; padding entries (e.g. -1) read position 0
+        index = cls_positions.long().clamp(min=0).unsqueeze(-1).expand(-1, -1, x.size(-1))
+        return torch.tanh(self.dense(x.gather(1, index)))  # (B, S, H)
 
 
 @torch.no_grad()
@@ -189,7 +194,14 @@ class BertPreTrainedModel(nn.Module):
 
 
 class BertModel(BertPreTrainedModel):
-    """The bare encoder: `last_hidden_state` (B, T, H) and `pooler_output` (B, H)."""
+    """The bare encoder: `last_hidden_state` (B, T, H) and `pooler_output` (B, H).
+
+    Packed rows: `position_ids` (B, T) restart at 0 at each sequence start; `cls_positions`
+    (B, S) (padded with -1) makes `pooler_output` (B, S, H), one per sequence. `cu_seqlens`
+    (N+1,) int32 and `max_seqlen` (int): the segments of the flattened grid as
+    `model.packing.cu_seqlens_from_position_ids` computes them, precomputed by the loader so
+    that the CUDA varlen kernel needs no host sync (checked against the mask on CPU).
+    """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -202,16 +214,18 @@ class BertModel(BertPreTrainedModel):
         return self.embeddings.word_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, output_hidden_states=False, return_dict=True):
+                inputs_embeds=None, output_hidden_states=False, return_dict=True,
+                cu_seqlens=None, max_seqlen=None, cls_positions=None):
         # input_ids, attention_mask (1 = token, 0 = pad), token_type_ids, position_ids: (B, T)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
-        mask = None  # None (no padding at all) lets SDPA pick its flash kernel on a GPU
-        if attention_mask is not None:
-            mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T): every query, same keys
-        x, hidden_states = self.encoder(x, mask, output_hidden_states)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        # no mask at all (no padding) lets SDPA pick its flash kernel on a GPU
+        layout = attention_layout(x, self.config.hidden_size // self.config.num_attention_heads,
+                                  attention_mask, position_ids, cu_seqlens, max_seqlen,
+                                  allow_varlen=self.encoder.varlen_attention)
+        x, hidden_states = self.encoder(x, layout, output_hidden_states)
+        pooled = self.pooler(x, cls_positions) if self.pooler is not None else None
         out = BaseModelOutput(last_hidden_state=x, pooler_output=pooled,
                               hidden_states=tuple(hidden_states) if hidden_states else None)
         return out if return_dict else out.to_tuple()

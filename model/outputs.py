@@ -41,7 +41,8 @@ class BaseModelOutput(ModelOutput):
     last_hidden_state: Tensor | None = None
     """(B, T, H) output of the last encoder layer"""
     pooler_output: Tensor | None = None
-    """(B, H) tanh(dense([CLS])), the input of NSP and sequence heads"""
+    """(B, H) tanh(dense([CLS])), the input of NSP and sequence heads; (B, S, H) with
+    cls_positions (packed rows), one per sequence"""
     hidden_states: tuple[Tensor, ...] | None = None
     """embeddings + each layer's output, each (B, T, H), when output_hidden_states"""
 
@@ -53,12 +54,12 @@ class BertForPreTrainingOutput(ModelOutput):
     prediction_logits: Tensor | None = None
     """(B, P, V) at masked_lm_positions when given, else (B, T, V)"""
     seq_relationship_logits: Tensor | None = None
-    """(B, 2): 0 = B follows A, 1 = B is random"""
+    """(B, 2): 0 = B follows A, 1 = B is random; (B, S, 2) with cls_positions"""
     hidden_states: tuple[Tensor, ...] | None = None
     mlm_loss: Tensor | None = None
     """mean NLL over the real MLM targets (-100 excluded)"""
     nsp_loss: Tensor | None = None
-    """mean NSP NLL over the batch"""
+    """mean NSP NLL over the batch's sequences (padding entries of packed rows excluded)"""
     mlm_accuracy: Tensor | None = None
     """fraction of real MLM targets predicted right (detached)"""
     nsp_accuracy: Tensor | None = None

@@ -6,6 +6,13 @@ go through the head: with 15% of tokens masked that skips ~85% of the (B, T, V) 
 projection, the largest matrix product of the model at small sizes. Next sentence prediction:
 a linear layer on the pooled [CLS]. Parameter names are transformers' (`cls.predictions...`,
 `cls.seq_relationship`). Never reads data or optimizes: it returns losses, the caller trains.
+
+Packed rows (several sequences per row, see `model.packing`): `masked_lm_positions` index
+the row, as always. NSP needs each sequence's [CLS]: `cls_positions` (B, S) gives their
+positions in the row and `next_sentence_label` (B, S) their labels, both padded after a
+row's last sequence (positions with -1, labels with -100). Both losses are means over the
+real targets (MLM positions, sequences), so a packed batch has the loss of the same
+sequences unpacked.
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ class BertPreTrainingHeads(nn.Module):
         return self.predictions(sequence_output), self.seq_relationship(pooled_output)
 
 
-def masked_lm_loss(logits, targets):
+def mean_nll(logits, targets):
     """Mean NLL and accuracy over targets != -100; logits (..., V), targets (...).
 
     sum / count rather than `mean`, so a batch without targets gives 0, not NaN; the loss is
@@ -67,6 +74,9 @@ def masked_lm_loss(logits, targets):
                           ignore_index=IGNORE, reduction="sum")
     correct = (logits.detach().argmax(-1) == targets) & valid
     return nll / count, correct.sum() / count
+
+
+masked_lm_loss = mean_nll  # the MLM loss; packed NSP uses the same mean over real labels
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -83,28 +93,40 @@ class BertForPreTraining(BertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, next_sentence_label=None,
                 masked_lm_positions=None, masked_lm_ids=None, output_hidden_states=False,
-                return_dict=True):
+                return_dict=True, cls_positions=None, cu_seqlens=None, max_seqlen=None):
         """MLM targets either sparse (masked_lm_positions and masked_lm_ids, (B, P), ids -100
         where padded) or HF-style `labels` (B, T) with -100 where nothing is predicted.
-        next_sentence_label (B,): 0 = B follows A, 1 = B is random."""
+        next_sentence_label (B,): 0 = B follows A, 1 = B is random; with packed rows (B, S)
+        beside cls_positions (B, S). position_ids, cu_seqlens, max_seqlen: see BertModel."""
         if masked_lm_ids is not None and masked_lm_positions is None:
             raise ValueError("masked_lm_ids needs masked_lm_positions")
         if labels is not None and masked_lm_ids is not None:
             raise ValueError("pass MLM targets as labels or as masked_lm_ids, not both")
+        if next_sentence_label is not None and cls_positions is not None \
+                and next_sentence_label.shape != cls_positions.shape:
+            raise ValueError(f"next_sentence_label {tuple(next_sentence_label.shape)} must have "
+                             f"the shape of cls_positions {tuple(cls_positions.shape)}")
+        if next_sentence_label is not None and cls_positions is None \
+                and next_sentence_label.dim() > 1 and next_sentence_label.size(-1) > 1:
+            raise ValueError("a (B, S) next_sentence_label (packed rows) needs cls_positions")
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds,
-                        output_hidden_states=output_hidden_states)
+                        output_hidden_states=output_hidden_states, cu_seqlens=cu_seqlens,
+                        max_seqlen=max_seqlen, cls_positions=cls_positions)
         x, targets = out.last_hidden_state, labels  # (B, T, H), (B, T)
         if masked_lm_positions is not None:
             # keep only the masked positions: (B, P, H); padded entries point at [CLS]
             index = masked_lm_positions.long().unsqueeze(-1).expand(-1, -1, x.size(-1))
             x, targets = x.gather(1, index), masked_lm_ids
-        prediction_logits, nsp_logits = self.cls(x, out.pooler_output)  # (B, P|T, V), (B, 2)
+        # (B, P|T, V), (B, 2) or (B, S, 2) with cls_positions
+        prediction_logits, nsp_logits = self.cls(x, out.pooler_output)
 
         mlm_loss = nsp_loss = mlm_acc = nsp_acc = None
         if targets is not None:
-            mlm_loss, mlm_acc = masked_lm_loss(prediction_logits, targets)
-        if next_sentence_label is not None:
+            mlm_loss, mlm_acc = mean_nll(prediction_logits, targets)
+        if next_sentence_label is not None and cls_positions is not None:
+            nsp_loss, nsp_acc = mean_nll(nsp_logits, next_sentence_label.long())
+        elif next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1).long())
             nsp_right = nsp_logits.detach().argmax(-1) == next_sentence_label.view(-1)
             nsp_acc = nsp_right.float().mean()
