@@ -3,7 +3,8 @@
 Config jobs are a table of (command, config class, run function): the runner builds the
 parser from the config's fields (docstrings are the help), resolves the config (defaults <
 `--preset`/`--config` < `--set` < flags), calls the job and prints its summary as one JSON
-object, the last line of stdout. Tool commands (workflow, inspect, submit, cluster, bench)
+object, the last line of stdout. Local paths in the config are made absolute first
+(`jobs.paths`): Ray workers run in other folders. Tool commands (workflow, inspect, submit, cluster, bench)
 keep their own arguments and run through the same error handling. `python -m jobs.NAME`
 (what Ray jobs run) is the same as `bertpipe NAME`.
 
@@ -20,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from jobs.config import ConfigError, add_config_args, resolve
+from jobs.paths import absolute_paths
 from jobs.train.runtime import JobFailed
 from pipeline.errors import InputError
 
@@ -87,7 +89,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 def run_job(name: str, argv: list[str]) -> int:
     args = build_parser(name).parse_args(argv)
-    cfg = resolve(config_class(name), args, command=name)
+    # local paths absolute before any worker starts: workers run in other folders
+    cfg = absolute_paths(resolve(config_class(name), args, command=name))
     summary = getattr(importlib.import_module(JOBS[name].module), JOBS[name].run)(cfg)
     print(json.dumps(summary, default=str), flush=True)
     return 0

@@ -14,6 +14,7 @@ from pipeline.errors import InputError
 
 @dataclass
 class PrepareConfig:
+    PATHS = ("input", "output", "vocab")  # made absolute on the driver (jobs.paths)
     input: list[str] = field(default_factory=list)
     """Input files, directories or globs, local or s3:// (.gz/.bz2/.zst read transparently)"""
     output: str = ""

@@ -5,7 +5,8 @@ tracking) plus the task, its data and the search. Defaults are the BERT paper's 
 recipe (batch 32, lr 2e-5, 3 epochs, AdamW with 10% linear warmup then linear decay,
 dropout 0.1). `--search paper` is the paper's grid (lr 5e-5/3e-5/2e-5 x batch 16/32 x epochs
 2/3/4), `--search grid` one made of the `--search-*` lists (an axis left out keeps the
-single-run value). Presets live in `jobs/presets/finetune-*.yaml`. Field docstrings are the
+single-run value). `--seeds N` repeats every fit with N seeds, `--baseline scratch` every fit
+from random initialization (`jobs.finetune.compare` picks and pairs them). Presets live in `jobs/presets/finetune-*.yaml`. Field docstrings are the
 `--help` text. Never starts Ray or MLflow and never reads data.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ PAPER_GRID = {"learning_rate": [5e-5, 3e-5, 2e-5], "batch_size": [16, 32], "epoc
 
 @dataclass
 class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
+    PATHS = ("model", "train", "validation", "storage_path", "output")  # jobs.paths
     task: Literal["classification", "token-classification", "question-answering",
                   "multiple-choice"] = "classification"
     """classification (single sentence or pair; regression for numeric labels),
@@ -86,7 +88,14 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     eval_batch_size: int = 64
     """Examples per forward pass in evaluation, per worker"""
     seed: int = 42
-    """Seed of the head's initialization, data order and dropout"""
+    """Seed of the head's initialization, data order and dropout (the first of --seeds)"""
+    seeds: int = 1
+    """Repeat every fit with this many seeds (seed, seed+1, ...) and report the dev metric's
+    mean and standard deviation; the setting of a search is picked by its mean over seeds"""
+    baseline: Literal["none", "scratch"] = "none"
+    """scratch: also train the same architecture from random initialization (BERT's init,
+    same seeds, data and settings, its own pick of the search grid) as a sibling run, and
+    report gain_over_scratch (pretrained - scratch, paired by seed)"""
     metric: str | None = None
     """Dev metric that picks the best epoch and trial (default: accuracy; pearson for
     regression; f1 for token-classification and question-answering)"""
@@ -141,6 +150,14 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
         axes = {k: given[k] or base[k] for k in base}
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
+    def seed_list(self) -> list[int]:
+        """The seeds every fit runs with: seed, seed+1, ..."""
+        return [self.seed + k for k in range(self.seeds)]
+
+    def sides(self) -> list[str]:
+        """pretrained, and scratch when there is a baseline."""
+        return ["pretrained"] + (["scratch"] if self.baseline == "scratch" else [])
+
     def validate(self) -> FinetuneConfig:
         for name in ("model", "train", "validation"):
             if not getattr(self, name):
@@ -169,6 +186,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
             if trial["learning_rate"] <= 0 or trial["epochs"] < 1:
                 raise ConfigError(f"search trial {trial}: learning rate and epochs must be "
                                   "positive")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be at least 1 (got {self.seeds})")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials must be at least 1")
         return self
@@ -186,3 +205,10 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
 def trial_name(run_name: str, trial: dict) -> str:
     return (f"{run_name}-lr{trial['learning_rate']:g}-bs{trial['batch_size']}"
             f"-ep{trial['epochs']}")
+
+
+def fit_name(side_run: str, trial: dict, search: bool, seeds: int) -> str:
+    """A fit's run and storage name: its side's run name, the setting when there is a search,
+    the seed when there are several."""
+    name = trial_name(side_run, trial) if search else side_run
+    return f"{name}-seed{trial['seed']}" if seeds > 1 else name

@@ -1,6 +1,7 @@
 """The training function of one fine-tuning trial, run by every Ray Train worker.
 
-Per worker: the task's head on the pretrained encoder (same seeded init on every rank), AdamW
+Per worker: the task's head on the pretrained encoder (same seeded init on every rank; for the
+scratch baseline, `trial["init"] == "scratch"`, the encoder keeps BERT's seeded init), AdamW
 (no decay on biases and LayerNorm) with linear warmup over `warmup_steps` (steps or a fraction) then
 linear decay to 0, torch DDP (`ray.train.torch.prepare_model`) or DeepSpeed ZeRO 0-2. Each
 epoch every rank trains on its own share of a seeded permutation of the training features
@@ -49,6 +50,15 @@ def schedule_steps(n_train: int, batch_size: int, world: int, epochs: int) -> tu
     return per_epoch, per_epoch * epochs
 
 
+def initial_model(spec, hf_dir, trial: dict, default_seed: int) -> torch.nn.Module:
+    """A fit's model before training, the same on every rank: torch seeded with the fit's
+    seed, then the task's head on the pretrained encoder, or (init "scratch") the same
+    architecture with BERT's initialization throughout, drawn from that seed."""
+    from jobs.finetune.tasks import build_model
+    torch.manual_seed(trial.get("seed", default_seed))
+    return build_model(spec, hf_dir, pretrained=trial.get("init", "pretrained") == "pretrained")
+
+
 def save_best(net, spec, metrics: dict, epoch: int, vocab: list[str], do_lower_case: bool) -> Path:
     """The model as a HF folder plus its task spec and dev metrics (a fresh temp folder)."""
     import model.hf
@@ -76,7 +86,7 @@ def train_loop(loop_config: dict) -> dict | None:
 
     from jobs.finetune.config import FinetuneConfig
     from jobs.finetune.predict import goodness, infer, merge, score, to_tensors
-    from jobs.finetune.tasks import INPUTS, TaskSpec, build_model, tokenizer_for
+    from jobs.finetune.tasks import INPUTS, TaskSpec, tokenizer_for
     from jobs.tracking import MetricLogger
     from jobs.train.deepspeed import deepspeed_config
     from jobs.train.device import resolve_precision
@@ -105,8 +115,8 @@ def train_loop(loop_config: dict) -> dict | None:
 
     hf_dir = local_model_dir(loop_config["model_dir"], cfg.model, loop_config["tracking_uri"])
     _, vocab, lower = tokenizer_for(hf_dir)
-    torch.manual_seed(cfg.seed)  # same head init on every rank
-    net = build_model(spec, hf_dir)
+    seed = trial.get("seed", cfg.seed)  # this fit's seed (--seeds: seed, seed+1, ...)
+    net = initial_model(spec, hf_dir, trial, cfg.seed)
     per_epoch, total = schedule_steps(len(train), trial["batch_size"], world, trial["epochs"])
     warmup = cfg.warmup(total)
     optimizer = build_optimizer(net, dataclasses.replace(cfg, learning_rate=trial["learning_rate"]),
@@ -137,7 +147,8 @@ def train_loop(loop_config: dict) -> dict | None:
                f"features, {world} worker(s) on {'GPU' if gpu else 'CPU'}, "
                f"{'DeepSpeed ZeRO ' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, "
                f"lr {trial['learning_rate']:g} batch {trial['batch_size']} epochs "
-               f"{trial['epochs']}: {per_epoch} steps/epoch")
+               f"{trial['epochs']} seed {seed}, {trial.get('init', 'pretrained')} weights: "
+               f"{per_epoch} steps/epoch")
     micro = trial["batch_size"] // world
     names = INPUTS + spec.target_names()
     dev_slice = np.array_split(np.arange(len(dev)), world)[rank]
@@ -147,9 +158,9 @@ def train_loop(loop_config: dict) -> dict | None:
     try:
         for epoch in range(1, trial["epochs"] + 1):
             net.train()
-            order = epoch_order(len(train), cfg.seed, epoch, rank, world)
+            order = epoch_order(len(train), seed, epoch, rank, world)
             for s in range(0, len(order), micro):
-                torch.manual_seed(dropout_seed(cfg.seed, rank, step))
+                torch.manual_seed(dropout_seed(seed, rank, step))
                 batch = to_tensors(collate(train, order[s:s + micro], names), device)
                 with torch.autocast(device_type=device.type, dtype=autocast,
                                     enabled=autocast is not None):

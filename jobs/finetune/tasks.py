@@ -23,6 +23,7 @@ import model.hf
 from jobs.config import ConfigError
 from jobs.finetune.config import FinetuneConfig
 from model import (
+    BertConfig,
     BertForMultipleChoice,
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -236,12 +237,19 @@ def featurize(spec: TaskSpec, tok, vocab: list[str], rows: list[dict], where: st
                         training, index_of["[CLS]"], index_of["[SEP]"])
 
 
-def build_model(spec: TaskSpec, hf_dir: str | Path) -> torch.nn.Module:
-    """The task's head on the pretrained encoder in `hf_dir` (a new head if it has none)."""
+def build_model(spec: TaskSpec, hf_dir: str | Path, pretrained: bool = True) -> torch.nn.Module:
+    """The task's head on the pretrained encoder in `hf_dir` (a new head if it has none).
+
+    pretrained=False: the same architecture (`hf_dir`'s config.json) with every weight from
+    BERT's initialization, drawn from torch's current seed exactly as the pretrained model's
+    head is (the from-scratch baseline)."""
     cls = HEADS[spec.task]
     overrides = {}
     if spec.task in ("classification", "token-classification"):
         n = 1 if spec.regression else len(spec.labels)
         overrides = {"num_labels": n,
                      "id2label": None if spec.regression else dict(enumerate(spec.labels))}
-    return model.hf.load(hf_dir, cls=cls, **overrides)
+    if pretrained:
+        return model.hf.load(hf_dir, cls=cls, **overrides)
+    config = BertConfig.from_json(Path(hf_dir) / "config.json")
+    return cls(BertConfig(**{**config.to_dict(), **overrides}))

@@ -22,6 +22,7 @@ from jobs.train.device import resolve_precision
 
 @dataclass
 class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
+    PATHS = ("data", "storage_path", "init_from", "deepspeed_config")  # jobs.paths
     data: str = ""
     """Output directory of `bertpipe prepare` (local or s3://): shards, vocab.txt, manifest.json"""
     model: str = "bert-base"

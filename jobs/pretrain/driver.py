@@ -9,6 +9,13 @@ driver logs the final checkpoint's HF export as the run's model, registers it wh
 `--register-as` is given, and prints one JSON object (run id, checkpoint, model URIs, final
 metrics) as the last line of stdout.
 
+Diagnostics (`pipeline.stats`): before training, the unigram baseline of the training
+shards' masked tokens (loss = their entropy, top-1 = the most frequent one's share) is logged
+as params and as metrics at steps 0 and max_steps, beside the model's MLM loss and accuracy;
+workers log `context_gain` (unigram loss - MLM loss) with every window and evaluation; the
+summary adds the final gains and accuracy / unigram top-1, and a run that ends near the
+unigram plateau prints a warning line just before its JSON summary.
+
 Example: bertpipe pretrain --preset bert-tiny-cpu --data out/wiki128 --max-steps 200
 """
 from __future__ import annotations
@@ -19,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from jobs.config import ConfigError
+from jobs.paths import absolute_paths
 from jobs.pretrain.checkpoint import TrainerState, latest_state
 from jobs.pretrain.config import PretrainConfig
 from jobs.tracking import Tracker, default_tracking_uri
@@ -28,7 +36,6 @@ from jobs.train.runtime import (
     ray_session,
     secrets_env,
     settings_env,
-    storage_root,
     worker_env,
     worker_runtime_env,
 )
@@ -36,6 +43,7 @@ from jobs.train.sources import resolve_model
 from model import BertConfig
 from pipeline.dataset import Dataset, open_dataset, split_holdout
 from pipeline.loader import PretrainLoader
+from pipeline.stats import Unigram, diagnostics, plateau_warning, unigram_baseline
 from pipeline.storage import is_remote
 
 
@@ -52,15 +60,15 @@ class Job:
     tracking_uri: str
     model_cfg: BertConfig
     init_dir: Path | None
+    unigram: Unigram
+    """The context-free baseline of the training shards' masked tokens (pipeline.stats)"""
 
 
 def check_job(cfg: PretrainConfig) -> Job:
     """Every refusal that needs no cluster: config, data, batch plan, model fit, resumability.
     Local paths are made absolute here: workers run in other folders."""
     from jobs.pretrain.model import model_config
-    cfg.validate()
-    cfg = dataclasses.replace(cfg, data=storage_root(cfg.data),
-                              storage_path=storage_root(cfg.storage_path))
+    cfg = absolute_paths(cfg.validate())  # the CLI did it; Python callers may not have
     ds = open_dataset(cfg.data)
     train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
     # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
@@ -78,9 +86,18 @@ def check_job(cfg: PretrainConfig) -> Job:
                                dest=Path(tempfile.mkdtemp(prefix="bertpipe-init-")),
                                need_vocab=False)
         init_dir = source.hf_dir
-        if not source.uri.startswith(("models:/", "runs:/")) and not is_remote(source.uri):
-            cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).absolute()))
-    return Job(cfg, ds, run_name, tracking_uri, model_config(cfg, ds, init_dir), init_dir)
+    model_cfg = model_config(cfg, ds, init_dir)
+    unigram = unigram_baseline(ds, train_shards, dynamic=dynamic_masking(cfg, ds))
+    log(f"unigram baseline of the masked tokens ({unigram.source}, {unigram.tokens} tokens): "
+        f"loss {unigram.loss:.3f} nats, top-1 {unigram.top1:.3f} ({unigram.top_token!r})"
+        + (f"; copying the visible token: loss {unigram.copy_loss:.3f}, accuracy "
+           f"{unigram.copy_top1:.3f}" if unigram.copy_loss is not None else ""))
+    return Job(cfg, ds, run_name, tracking_uri, model_cfg, init_dir, unigram)
+
+
+def dynamic_masking(cfg: PretrainConfig, ds: Dataset) -> bool:
+    """Whether the masks are drawn at load time (then the shards' own masks do not count)."""
+    return "dynamic" in (getattr(cfg, "masking", None), ds.manifest.config.get("masking"))
 
 
 def _start_tracking(job: Job, gpu: bool) -> Tracker:
@@ -93,9 +110,12 @@ def _start_tracking(job: Job, gpu: bool) -> Tracker:
               "precision": cfg.resolved_precision(gpu), "accumulation": cfg.accumulation(),
               "micro_batch_size": cfg.micro_batch(), "model_config": job.model_cfg.to_dict(),
               "data_vocab_size": job.ds.vocab_size, "data_max_seq_length": job.ds.max_seq_length,
-              "deepspeed": cfg.deepspeed_json(gpu)}
+              "deepspeed": cfg.deepspeed_json(gpu), "unigram": job.unigram.to_dict()}
     run_id = tracker.open(params, cfg.to_yaml(), "pretrain.yaml",
                           manifest=job.ds.manifest.to_dict(), data_path=cfg.data)
+    # the baselines as flat lines beside mlm_loss / mlm_accuracy in the metric charts
+    for step in (0, cfg.max_steps):
+        tracker.log_metrics(job.unigram.metrics(), step=step)
     where = (f"MLflow run {run_id} ({'resumed' if tracker.resumed else 'new'}) at "
              f"{job.tracking_uri}" if run_id else f"MLflow at {job.tracking_uri} unreachable, "
              "training goes on (rank 0 retries)")
@@ -127,8 +147,15 @@ def run(cfg: PretrainConfig) -> dict:
             with checkpoint.as_directory() as folder:
                 summary.update(tracker.log_model(Path(folder) / "hf", cfg.register_as,
                                                  cfg.model_alias))
+        diagnosis = diagnostics(job.unigram, summary["metrics"])
+        summary["metrics"].update(diagnosis)
+        summary["unigram"] = job.unigram.to_dict()
+        tracker.log_metrics(diagnosis, step=summary["metrics"].get("step", cfg.max_steps))
         tracker.finish("FINISHED")
-        return summary
+    warning = plateau_warning(job.unigram, summary["metrics"])
+    if warning:  # after Ray's shutdown flushed the workers' lines: among the last lines
+        log(f"WARNING: {warning}")
+    return summary
 
 
 def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
@@ -141,6 +168,7 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
+                           "unigram_loss": job.unigram.loss,
                            "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
                            "init_dir": str(job.init_dir) if job.init_dir else None,
                            "env": settings_env()},

@@ -68,6 +68,7 @@ class Worker:
         self.started = time.perf_counter()
         self.cfg = cfg = PretrainConfig(**loop_config["config"])
         self.run_name, self.gpu = loop_config["run_name"], loop_config["use_gpu"]
+        self.unigram_loss = loop_config.get("unigram_loss")  # context_gain's reference
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         if self.gpu:
@@ -159,6 +160,8 @@ class Worker:
         metrics = self.window.reduce(self.world, self.peak)
         metrics.update(learning_rate=lr, step=self.state.step,
                        samples=self.state.samples * self.world)
+        if self.unigram_loss is not None:
+            metrics["context_gain"] = self.unigram_loss - metrics["mlm_loss"]
         norm = self.engine.get_global_grad_norm()
         if norm is not None:
             metrics["grad_norm"] = float(norm)
@@ -185,6 +188,8 @@ class Worker:
                 self.eval_window.add(self.engine(**b.model_inputs(self.device)), b)
         self.engine.train()
         metrics = self.eval_window.reduce(self.world, None, prefix="eval_")
+        if self.unigram_loss is not None:
+            metrics["eval_context_gain"] = self.unigram_loss - metrics["eval_mlm_loss"]
         if self.rank == 0:
             self.logger.log(metrics, self.state.step)
             _print(f"eval at step {self.state.step}: "

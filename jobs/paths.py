@@ -1,0 +1,67 @@
+"""Local paths made absolute on the driver, before any Ray worker starts.
+
+Ray workers, Ray Data tasks and Ray Train storage run in other working directories, so a
+relative `--data shards/` that the driver found would name nothing there. Every config class
+lists its path fields in a `PATHS` class attribute; `absolute_paths(cfg)` returns the config
+with those made absolute (a list field element-wise), and a relative SQLite tracking URI
+(`sqlite:///mlflow.db`) made absolute too. Left alone: empty values, `-`, object-store URIs
+(s3://, gs://, http(s)://), MLflow model URIs (models:/, runs:/, mlflow-artifacts:/) and other
+URIs (anything with `://` or a scheme such as `file:`). `~` is expanded. Idempotent. The CLI
+runner (`jobs.cli.run_job`) and the workflow's stage builder call it; so does the pretraining
+driver's `check_job` for callers that build configs in Python. Never checks that a path
+exists (the jobs do, with errors that name the flag).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from jobs.train.runtime import MLFLOW_MODEL_SCHEMES
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # a scheme: s3:, models:, file:, sqlite: ...
+
+
+def absolute(value):
+    """One path value (str, list of str or None) with local relative paths made absolute."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(absolute(v) for v in value)
+    if not isinstance(value, (str, Path)) or str(value) in ("", "-"):
+        return value
+    text = str(value)
+    if text.startswith(MLFLOW_MODEL_SCHEMES) or (_URI.match(text) and not _drive(text)):
+        return value
+    return str(Path(text).expanduser().absolute())
+
+
+def _drive(text: str) -> bool:
+    """A Windows drive letter (C:\\...) is a path, not a scheme."""
+    return len(text) > 2 and text[1] == ":" and text[2] in "\\/"
+
+
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """`sqlite:///relative.db` -> `sqlite:////abs/relative.db`; every other URI as is."""
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().absolute()}"
+    return uri
+
+
+def path_fields(cls) -> tuple[str, ...]:
+    """The path fields a config class declares (its `PATHS`), over its bases."""
+    out: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for name in getattr(klass, "PATHS", ()) or ():
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
+def absolute_paths(cfg):
+    """`cfg` (a dataclass) with its `PATHS` fields and SQLite tracking URI made absolute."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {name: absolute(getattr(cfg, name)) for name in path_fields(type(cfg))
+               if name in names}
+    if "tracking_uri" in names:
+        changes["tracking_uri"] = absolute_tracking_uri(cfg.tracking_uri)
+    changes = {k: v for k, v in changes.items() if v != getattr(cfg, k)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
