@@ -49,6 +49,8 @@ JOBS = {
     "evaluate": Job("jobs.evaluate", "EvaluateConfig", "evaluate a model on a task's data"),
     "embed": Job("jobs.embed", "EmbedConfig",
                  "feature vectors for a data file (Ray Data batch inference)"),
+    "probe": Job("jobs.probe", "ProbeConfig",
+                 "linear probe on a model's frozen features (vs. random initialization)"),
 }
 TOOLS = {  # commands with their own arguments: module.main(argv)
     "workflow": ("jobs.workflow", "prepare -> pretrain -> finetune -> evaluate, idempotent"),

@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.config import ConfigError, apply_set, from_dict, read_yaml, values_for
+from jobs.config import ConfigError, apply_set, from_dict, read_yaml, renamed, values_for
+from jobs.paths import absolute, absolute_paths, absolute_tracking_uri, path_fields
+from jobs.results import combine, evaluation_models, headline
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
-from pipeline.storage import exists, expand_inputs, is_remote, join, read_text, write_file_atomic
+from pipeline.storage import exists, expand_inputs, join, read_text, write_file_atomic
 
 
 def log(msg: str) -> None:
@@ -49,7 +51,10 @@ class Workflow:
     finetune: list[dict] = field(default_factory=list)
     """`bertpipe finetune` keys per task (the model is the pretrained one unless given)"""
     evaluate: list[dict] = field(default_factory=list)
-    """`bertpipe evaluate` keys per data file (the model is the task's fine-tuned one)"""
+    """`bertpipe evaluate` keys per data file (the model is the task's fine-tuned one; with
+    seeds or a baseline, every seed's model of each side)"""
+    probe: list[dict] = field(default_factory=list)
+    """`bertpipe probe` keys per data set (the model is the pretrained one unless given)"""
 
     def validate(self) -> "Workflow":
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -72,31 +77,35 @@ def load(path: str | Path, overrides: list[str] = ()) -> Workflow:
     return _absolute_paths(Workflow(**values).validate())
 
 
-PATH_KEYS = ("input", "train", "validation", "data", "vocab")
-
-
-def _absolute(value):
-    """Local relative paths made absolute: stage jobs run in workers with other cwds."""
-    if isinstance(value, list):
-        return [_absolute(v) for v in value]
-    if isinstance(value, str) and not is_remote(value) and not Path(value).is_absolute():
-        return str(Path(value).absolute())
-    return value
+def _sections(wf: Workflow) -> list[tuple[str, dict]]:
+    """(command, section) of every stage section, for their path fields."""
+    out = [("prepare", wf.prepare), ("pretrain", wf.pretrain),
+           *[("finetune", f) for f in wf.finetune or []],
+           *[("evaluate", e) for e in wf.evaluate or []], *[("probe", p) for p in wf.probe or []]]
+    if wf.pretrain_phase2:
+        out += [("pretrain", wf.pretrain_phase2),
+                ("prepare", wf.pretrain_phase2.get("prepare") or {})]
+    return out
 
 
 def _absolute_paths(wf: Workflow) -> Workflow:
-    wf.storage = _absolute(wf.storage)
-    if wf.tracking_uri and wf.tracking_uri.startswith("sqlite:///") \
-            and not wf.tracking_uri.startswith("sqlite:////"):
-        wf.tracking_uri = f"sqlite:///{Path(wf.tracking_uri[len('sqlite:///'):]).absolute()}"
-    sections = [wf.prepare, wf.pretrain, *(wf.finetune or []), *(wf.evaluate or [])]
-    if wf.pretrain_phase2:
-        sections += [wf.pretrain_phase2, wf.pretrain_phase2.get("prepare") or {}]
-    for section in sections:
-        for key in PATH_KEYS:
+    """Local relative paths made absolute (`jobs.paths`, each section by its job's path
+    fields): stage jobs run in workers with other working directories."""
+    wf.storage = absolute(wf.storage)
+    wf.tracking_uri = absolute_tracking_uri(wf.tracking_uri)
+    for command, section in _sections(wf):
+        for key in _path_keys(command):
             if section.get(key):
-                section[key] = _absolute(section[key])
+                section[key] = absolute(section[key])
     return wf
+
+
+def _path_keys(command: str) -> list[str]:
+    """A job's path fields and their deprecated spellings (evaluate's `data`)."""
+    from jobs.cli import config_class
+    cls = config_class(command)
+    names = path_fields(cls)
+    return [*names, *(old for old, new in renamed(cls).items() if new in names)]
 
 
 def _key(*parts) -> str:
@@ -166,8 +175,8 @@ class Runner:
     # -- stages --------------------------------------------------------------------------
     def prepare(self, label: str, values: dict) -> dict:
         wf = self.wf
-        cfg = from_dict(PrepareConfig, {**values_for("prepare", values), "output": "-",
-                                        "address": wf.address}, origin=f"workflow {label}")
+        cfg = _config(PrepareConfig, {**values_for("prepare", values), "output": "-",
+                                      "address": wf.address}, f"workflow {label}")
         inputs = expand_inputs(cfg.input)
         options = {k: v for k, v in dataclasses.asdict(cfg).items() if k in OUTPUT_FIELDS}
         key = _key(label, options, inputs)
@@ -194,7 +203,7 @@ class Runner:
         key = _key(label, settings, data["key"])
         settings.update(run_name=f"{wf.name}-{label}-{key[:8]}",
                         parent_run_id=self.parent_run_id)
-        cfg = from_dict(PretrainConfig, settings, origin=f"workflow {label}").validate()
+        cfg = _config(PretrainConfig, settings, f"workflow {label}").validate()
 
         def run():
             from jobs.pretrain.driver import run as pretrain
@@ -212,26 +221,98 @@ class Runner:
         key = _key("finetune", index, settings, upstream)
         settings.update(run_name=f"{wf.name}-finetune-{task}-{key[:8]}",
                         parent_run_id=self.parent_run_id)
-        cfg = from_dict(FinetuneConfig, settings, origin=f"workflow finetune[{index}]")
+        cfg = _config(FinetuneConfig, settings, f"workflow finetune[{index}]")
 
         def run():
             from jobs.finetune.driver import run as finetune
             return finetune(cfg)
         return {**self.stage(f"finetune-{index}-{task}", key, run), "key": key}
 
-    def evaluate(self, index: int, values: dict, model_uri: str, upstream: str) -> dict:
+    def evaluate(self, index: int, values: dict, model_uri: str, upstream: str,
+                 source: dict | None = None) -> dict:
+        """One evaluate run of `model_uri`; or, when the fine-tune `source` kept several
+        models (seeds, a scratch baseline) and no model is given, one per model nested
+        under a stage run that carries both sides' means and the gain (`jobs.results`)."""
         from jobs.evaluate import EvaluateConfig
         from jobs.evaluate import run as evaluate
         wf = self.wf
+        models = [] if "model" in values else evaluation_models(source)
         settings = {"model": model_uri, **values, "tracking_uri": self.tracking_uri,
                     "experiment": wf.name}
-        key = _key("evaluate", index, settings, upstream)
-        settings.update(run_name=f"{wf.name}-evaluate-{index}-{key[:8]}",
-                        parent_run_id=self.parent_run_id,
-                        predictions=join(wf.storage, "evaluate",
-                                         f"{wf.name}-{index}-{key[:12]}-predictions.jsonl"))
-        cfg = from_dict(EvaluateConfig, settings, origin=f"workflow evaluate[{index}]")
-        return {**self.stage(f"evaluate-{index}", key, lambda: evaluate(cfg)), "key": key}
+        key = _key("evaluate", index, settings, upstream, models)
+        name = f"{wf.name}-evaluate-{index}-{key[:8]}"
+        metric = (source or {}).get("metric")
+
+        def one(model: str, run_name: str, parent: str | None, suffix: str = "") -> dict:
+            path = f"{wf.name}-{index}-{key[:12]}{suffix}-predictions.jsonl"
+            cfg = _config(EvaluateConfig, {**settings, "model": model, "run_name": run_name,
+                                           "parent_run_id": parent,
+                                           "predictions": join(wf.storage, "evaluate", path)},
+                          f"workflow evaluate[{index}]")
+            return {**evaluate(cfg), **({"metric": metric} if metric else {})}
+
+        def run_all() -> dict:
+            from jobs.tracking import PARENT_TAG, Tracker
+            tags = {"bertpipe.job": "evaluate", **({PARENT_TAG: self.parent_run_id}
+                                                   if self.parent_run_id else {})}
+            stage_run = Tracker(self.tracking_uri, wf.name, name, tags)
+            stage_run.open({**values, "models": [m[2] for m in models]})
+            results: dict[str, dict[int, dict]] = {}
+            for side, seed, uri in models:
+                results.setdefault(side, {})[seed] = one(
+                    uri, f"{name}-{side}-seed{seed}", stage_run.run_id, f"-{side}-seed{seed}")
+            out = combine(results, metric)
+            stage_run.log_metrics(out["metrics"], step=0)
+            stage_run.finish("FINISHED")
+            first = next(iter(results["pretrained"].values()))
+            log(f"evaluate[{index}] {metric}: "
+                + describe(out["metrics"], metric, len(results["pretrained"])))
+            return {"run_id": stage_run.run_id, "run_name": name, "task": first["task"],
+                    "examples": first["examples"], **out}
+        run = run_all if len(models) > 1 else lambda: one(model_uri, name, self.parent_run_id)
+        return {**self.stage(f"evaluate-{index}", key, run), "key": key}
+
+    def probe(self, index: int, values: dict, model_uri: str, upstream: str) -> dict:
+        from jobs.probe import ProbeConfig
+        from jobs.probe import run as probe
+        wf = self.wf
+        settings = {"model": model_uri, **values, "tracking_uri": self.tracking_uri,
+                    "experiment": wf.name}
+        key = _key("probe", index, settings, upstream)
+        settings.update(run_name=f"{wf.name}-probe-{index}-{key[:8]}",
+                        parent_run_id=self.parent_run_id)
+        cfg = _config(ProbeConfig, settings, f"workflow probe[{index}]")
+        return {**self.stage(f"probe-{index}", key, lambda: probe(cfg)), "key": key}
+
+    def headline(self) -> dict[str, float]:
+        """The stages' headline metrics, logged on the parent run (`jobs.results`)."""
+        metrics = headline(self.stages)
+        if self.parent_run_id and metrics:
+            from jobs.tracking import Tracker
+            parent = Tracker(self.tracking_uri, self.wf.name, f"workflow-{self.wf.name}")
+            parent.run_id = self.parent_run_id
+            parent.log_metrics(metrics, step=0)
+        return metrics
+
+
+def _config(cls, settings: dict, origin: str):
+    """A stage's config from its settings, local paths made absolute (`jobs.paths`)."""
+    return absolute_paths(from_dict(cls, settings, origin=origin))
+
+
+def describe(metrics: dict, metric: str, seeds: int) -> str:
+    """'pretrained M ± S, scratch M ± S, gain over scratch G ± S' (as far as `metrics` has
+    them), for log lines and the demo's report."""
+    from jobs.finetune.compare import format_mean_std
+
+    def part(label: str, key: str) -> str:
+        return f"{label} {format_mean_std(metrics[key], metrics.get(f'{key}_std', 0), seeds)}"
+    parts = [part("pretrained", metric)]
+    if f"scratch_{metric}" in metrics:
+        parts.append(part("scratch", f"scratch_{metric}"))
+    if "gain_over_scratch" in metrics:
+        parts.append(part("gain over scratch", "gain_over_scratch"))
+    return ", ".join(parts)
 
 
 def _model_uri(result: dict) -> str:
@@ -243,24 +324,27 @@ def run(wf: Workflow) -> dict:
     serves every stage."""
     from jobs.train.runtime import ray_session, worker_env
     runner = Runner(wf)
-    paths = [wf.storage, *_paths(wf.prepare), *[p for f in wf.finetune for p in _paths(f)],
-             *[p for e in wf.evaluate for p in _paths(e)]]
+    paths = [wf.storage, *_paths(wf)]
     try:
         with ray_session(wf.address, worker_env(paths, runner.tracking_uri)):
             _run_stages(wf, runner)
     except BaseException:
+        runner.headline()
         runner.finish("FAILED")
         raise
+    metrics = runner.headline()
     runner.finish("FINISHED")
     return {"workflow": wf.name, "parent_run_id": runner.parent_run_id,
-            "tracking_uri": runner.tracking_uri, "stages": runner.stages}
+            "tracking_uri": runner.tracking_uri, "headline": metrics, "stages": runner.stages}
 
 
-def _paths(section: dict) -> list[str]:
+def _paths(wf: Workflow) -> list[str]:
+    """Every path value of every section (remote ones decide which credentials travel)."""
     out = []
-    for key in PATH_KEYS:
-        value = section.get(key)
-        out += value if isinstance(value, list) else [value] if value else []
+    for command, section in _sections(wf):
+        for key in _path_keys(command):
+            value = section.get(key)
+            out += value if isinstance(value, list) else [value] if value else []
     return [str(v) for v in out]
 
 
@@ -292,8 +376,14 @@ def _run_stages(wf: Workflow, runner: Runner) -> None:
         if not model:
             raise ConfigError(f"workflow evaluate[{i}]: give 'model' (no fine-tuned model "
                               f"for task {values.get('task')!r})")
-        runner.evaluate(i, {k: v for k, v in values.items() if k != "model"}, model,
-                        source["key"] if source else "")
+        runner.evaluate(i, {k: v for k, v in values.items() if not (k == "model" and not v)},
+                        model, source["key"] if source else "", source)
+    for i, values in enumerate(wf.probe):
+        model = values.get("model") or (pretrained and _model_uri(pretrained))
+        if not model:
+            raise ConfigError(f"workflow probe[{i}]: give 'model' (no pretrain stage)")
+        runner.probe(i, {k: v for k, v in values.items() if k != "model"}, model,
+                     pretrained["key"] if pretrained else "")
 
 
 def ui_hint(tracking_uri: str) -> str:

@@ -167,14 +167,17 @@ def run(cfg: FinetuneConfig) -> dict:
                                spec.metric)
             summary.update(gain_over_scratch=gain["mean"], gain_over_scratch_std=gain["std"],
                            gains={str(k): v for k, v in gain["values"].items()})
-            summary["metrics"].update(gain_over_scratch=gain["mean"],
-                                      gain_over_scratch_std=gain["std"])
+            scratch_mean, scratch_std = mean_std(picked["scratch"].values.values())
+            summary["metrics"].update({f"scratch_dev_{spec.metric}": scratch_mean,
+                                       f"scratch_dev_{spec.metric}_std": scratch_std,
+                                       "gain_over_scratch": gain["mean"],
+                                       "gain_over_scratch_std": gain["std"]})
             sides["pretrained"].log_metrics({"gain_over_scratch": gain["mean"],
                                              "gain_over_scratch_std": gain["std"]}, step=0)
             log(f"dev {spec.metric}: pretrained "
                 f"{format_mean_std(*mean_std(picked['pretrained'].values.values()), cfg.seeds)}"
-                f", scratch {format_mean_std(*mean_std(picked['scratch'].values.values()), cfg.seeds)}"
-                f"; gain over scratch {format_mean_std(gain['mean'], gain['std'], cfg.seeds)}")
+                f", scratch {format_mean_std(scratch_mean, scratch_std, cfg.seeds)}; gain "
+                f"over scratch {format_mean_std(gain['mean'], gain['std'], cfg.seeds)}")
         for side_run in sides.values():
             side_run.finish("FINISHED")
         return summary

@@ -30,9 +30,13 @@ def _workflow(tmp_path, wiki_jsonl, tracking_uri, label_column="label") -> Path:
         "finetune": [{"task": "classification", "train": str(splits["train"]),
                       "validation": str(splits["dev"]), "text_column": "text",
                       "label_column": label_column, "epochs": 1, "batch_size": 16,
-                      "learning_rate": 1e-3, "max_seq_length": 64}],
+                      "learning_rate": 1e-3, "max_seq_length": 64,
+                      "baseline": "scratch", "seeds": 2}],
         "evaluate": [{"task": "classification", "data": str(splits["test"]),
                       "text_column": "text", "label_column": "label"}],
+        "probe": [{"train": str(splits["train"]), "validation": str(splits["dev"]),
+                   "test": str(splits["test"]), "max_seq_length": 64, "baseline": "scratch",
+                   "seeds": 2}],
     }
     path = tmp_path / "wf.yaml"
     path.write_text(yaml.safe_dump(wf))
@@ -54,9 +58,17 @@ def test_workflow_runs_once_skips_done_stages_and_links_runs_in_mlflow(
     summary = run(load(fixed))
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status == {"prepare": "skipped", "pretrain-phase1": "skipped",
-                      "finetune-0-classification": "ran", "evaluate-0": "ran"}
-    evaluated = summary["stages"][-1]
-    assert 0.0 <= evaluated["metrics"]["accuracy"] <= 1.0
+                      "finetune-0-classification": "ran", "evaluate-0": "ran", "probe-0": "ran"}
+    # the evaluate stage scored every seed's model of both sides on the test file
+    evaluated = summary["stages"][-2]
+    m = evaluated["metrics"]
+    assert 0.0 <= m["accuracy"] <= 1.0 and evaluated["seeds"] == [42, 43]
+    pre = [evaluated["pretrained"][s]["accuracy"] for s in ("42", "43")]
+    scr = [evaluated["scratch"][s]["accuracy"] for s in ("42", "43")]
+    assert m["accuracy"] == pytest.approx(sum(pre) / 2)
+    assert m["scratch_accuracy"] == pytest.approx(sum(scr) / 2)
+    assert m["gain_over_scratch"] == pytest.approx((pre[0] - scr[0] + pre[1] - scr[1]) / 2)
+    assert len(evaluated["runs"]) == 4
     # Everything done: a third run does nothing.
     again = run(load(fixed))
     assert {s["status"] for s in again["stages"]} == {"skipped"}
@@ -73,6 +85,21 @@ def test_workflow_runs_once_skips_done_stages_and_links_runs_in_mlflow(
     pretrain_runs = [r for r in children if r.data.tags.get("bertpipe.job") == "pretrain"]
     assert len(pretrain_runs) == 1  # the skipped rerun made no duplicate
     assert c.get_metric_history(pretrain_runs[0].info.run_id, "loss")
+    assert c.get_metric_history(pretrain_runs[0].info.run_id, "unigram_mlm_loss")
+    # the baseline is a sibling of the job's fine-tune run; the evaluations nest in a stage run
+    finetunes = {r.data.tags.get("bertpipe.init"): r for r in children
+                 if r.data.tags.get("bertpipe.job") == "finetune"}
+    assert finetunes["scratch"].data.tags["bertpipe.baseline_of"] == \
+        finetunes["pretrained"].info.run_id
+    evaluations = c.search_runs([exp.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{evaluated['run_id']}'")
+    assert len(evaluations) == 4
+    # the parent run carries the headline metrics
+    headline = c.get_run(summary["parent_run_id"]).data.metrics
+    assert headline["evaluate_classification_gain_over_scratch"] == \
+        pytest.approx(m["gain_over_scratch"])
+    assert {"pretrain_eval_mlm_accuracy", "pretrain_unigram_mlm_accuracy",
+            "finetune_classification_dev_accuracy", "probe_test_gain_over_scratch"} <= set(headline)
     _check_ui(mlflow_server, exp.experiment_id, pretrain_runs[0])
 
 
