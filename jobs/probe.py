@@ -32,6 +32,8 @@ DECAYS = [1e-3, 1e-2, 1e-1, 1.0]  # scikit-learn C = 1 / (decay x examples)
 @dataclass
 class ProbeConfig:
     PATHS = ("model", "train", "validation", "test")  # made absolute on the driver (jobs.paths)
+    task: Literal["classification"] = "classification"
+    """The task (classification only: single texts or pairs)"""
     model: str = ""
     """The model: an MLflow URI (models:/NAME@ALIAS, runs:/ID/PATH) or a HF BERT folder"""
     train: str = ""
@@ -88,9 +90,8 @@ class ProbeConfig:
         """The same data options as a fine-tune's (its readers and featurizer are reused)."""
         from jobs.finetune.config import FinetuneConfig
         keep = {f.name for f in dataclasses.fields(FinetuneConfig)}
-        return FinetuneConfig(task="classification", **{k: v for k, v in
-                                                         dataclasses.asdict(self).items()
-                                                         if k in keep and k != "seeds"})
+        return FinetuneConfig(**{k: v for k, v in dataclasses.asdict(self).items()
+                                 if k in keep and k != "seeds"})
 
 
 @torch.no_grad()

@@ -329,7 +329,10 @@ def run(wf: Workflow) -> dict:
         with ray_session(wf.address, worker_env(paths, runner.tracking_uri)):
             _run_stages(wf, runner)
     except BaseException:
-        runner.headline()
+        try:
+            runner.headline()  # what the stages that finished measured
+        except Exception as e:  # never hide the stage's own error
+            log(f"warning: no headline metrics ({type(e).__name__}: {e})")
         runner.finish("FAILED")
         raise
     metrics = runner.headline()
