@@ -66,6 +66,7 @@ class Worker:
         from jobs.pretrain_model import build_model, model_config, resolve_init
         from pipeline.loader import PretrainLoader, open_dataset, split_holdout
         from pipeline.storage import read_text
+        from pipeline.tokenizer import load_vocab
 
         self.started = time.perf_counter()
         self.cfg = cfg = PretrainConfig(**loop_config["config"])
@@ -91,7 +92,7 @@ class Worker:
                 loop_config["tracking_uri"])
         self.model_cfg = model_config(cfg, ds, init_dir)
         self.engine, self.schedule = self._deepspeed(build_model(self.model_cfg, init_dir, cfg.seed))
-        self.vocab = read_text(ds.vocab_file).splitlines()
+        self.vocab = load_vocab(read_text(ds.vocab_file), name=ds.vocab_file)
         self.loader = PretrainLoader(ds, train_shards, cfg.micro_batch(), rank=self.rank,
                                      world_size=self.world, seed=cfg.seed,
                                      pad_to_multiple_of=cfg.pad_to_multiple_of,
