@@ -92,7 +92,8 @@ class _Progress:
 
 def _worker_env() -> dict:
     keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "TOKENIZERS_PARALLELISM")
+            "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "TOKENIZERS_PARALLELISM",
+            "BERTPIPE_CACHE")
     env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env

@@ -31,6 +31,7 @@ from pipeline.instances import create_block_instances_flat
 from pipeline.masking import word_starts_from_pieces
 from pipeline.read import FileStats, read_documents
 from pipeline.schema import instance_schema, length_bin
+from pipeline.segment import encode_with_word_starts, load_segmenter
 from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
 from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences
 
@@ -107,6 +108,8 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     """Pass 1 for one input file. Returns its stats (size, sha256, counts, skips)."""
     tokenizer = build_tokenizer(vocab, cfg.do_lower_case)
     info = VocabInfo.from_vocab(vocab) if cfg.do_whole_word_mask else None
+    segment = load_segmenter(cfg.word_segmenter) \
+        if info is not None and cfg.word_segmenter else None
     stats = FileStats(path)
     writers: dict[int, _PieceWriter] = {}
     docs: list[list[str]] = []
@@ -117,8 +120,12 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     def encode_pending():
         nonlocal doc_index, tokens
         sentences = [s for d in docs for s in d]
-        ids, lengths = encode_sentences(tokenizer, sentences)
-        starts = word_starts_from_pieces(ids, info) if info is not None else None
+        if segment is not None:
+            ids, lengths, starts = encode_with_word_starts(tokenizer, sentences,
+                                                           info.is_subword, segment)
+        else:
+            ids, lengths = encode_sentences(tokenizer, sentences)
+            starts = word_starts_from_pieces(ids, info) if info is not None else None
         ends = np.cumsum(lengths)
         sent_start = 0
         for d in docs:
