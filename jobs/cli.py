@@ -21,6 +21,7 @@ COMMANDS = {
 }
 BENCHES = {
     "prepare": "jobs.bench_prepare",
+    "prepare-zh": "jobs.bench_prepare_zh",
     "step": "jobs.bench_step",
     "pretrain": "jobs.bench_pretrain",
 }
@@ -36,7 +37,7 @@ commands:
   workflow    prepare -> pretrain -> finetune -> evaluate, idempotent
   submit      submit a bertpipe command as a Ray job
   cluster     start/stop a local multi-node Ray cluster and MLflow server (up|down|status)
-  bench NAME  benchmarks: prepare, step, pretrain
+  bench NAME  benchmarks: prepare, prepare-zh, step, pretrain
 
 `bertpipe COMMAND --help` shows each command's options."""
 
