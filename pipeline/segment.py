@@ -14,7 +14,8 @@ The segmenter runs once per batch on the batch's sentences joined by newlines (j
 joins across a newline), in the worker that tokenizes (pass 1); it is loaded once per
 process. jieba runs in its exact mode without the HMM for unknown words
 (`jieba.cut(text, HMM=False)`): deterministic, dictionary words only, ≈ 1.3x faster than
-with the HMM. Never tokenizes by itself, never touches the token ids.
+with the HMM. Never changes a token id (the tokenizer is `pipeline.tokenizer`'s), never
+reads files.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ JIEBA_VERSION = "0.42.1"
 
 
 def cache_dir() -> Path:
-    """bertpipe's cache (`$BERTPIPE_CACHE`, default ~/.cache/bertpipe): jieba's prefix-dict
-    cache goes there instead of the system temp dir."""
+    """bertpipe's cache (`$BERTPIPE_CACHE`, default ~/.cache/bertpipe, as in jobs/assets.py):
+    jieba's prefix-dict cache goes there instead of the system temp dir."""
     return Path(os.environ.get("BERTPIPE_CACHE", Path.home() / ".cache" / "bertpipe"))
 
 
