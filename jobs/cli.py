@@ -56,6 +56,7 @@ TOOLS = {  # commands with their own arguments: module.main(argv)
 }
 BENCHES = {
     "prepare": "jobs.bench.prepare",
+    "prepare-zh": "jobs.bench.prepare_zh",
     "step": "jobs.bench.step",
     "pretrain": "jobs.bench.pretrain",
 }

@@ -128,8 +128,11 @@ def read_vocab(vocab: str | Path | list[str]) -> list[str]:
     if isinstance(vocab, (str, Path)):
         if not Path(vocab).is_file():
             raise ModelError(f"vocab file {vocab} does not exist")
-        return [line.rstrip("\r\n") for line in
-                Path(vocab).read_text(encoding="utf-8").splitlines()]
+        # "\n" only: str.splitlines() breaks tokens such as U+2028 (bert-base-chinese)
+        lines = Path(vocab).read_bytes().decode("utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.rstrip("\r") for line in lines]
     return list(vocab)
 
 

@@ -45,6 +45,9 @@ class PrepareConfig:
     """Passes over the corpus, each with different masks (Google's default: 10)"""
     do_whole_word_mask: bool = False
     """Mask whole words (all WordPieces of a word) instead of single WordPieces"""
+    word_segmenter: str | None = None
+    """With --do-whole-word-mask: group the characters of a segmenter's word (Chinese):
+    jieba, or MODULE:FUNCTION returning the words of a text"""
     random_seed: int = 12345
     """Seed of every random choice; same inputs + config + seed = byte-identical shards"""
     nsp: bool = True
@@ -83,6 +86,12 @@ class PrepareConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.bin_size < 0:
             raise InputError("--bin-size must be 0 (off) or positive")
+        if self.word_segmenter is not None:
+            if not self.do_whole_word_mask:
+                raise InputError(f"--word-segmenter {self.word_segmenter} only shapes whole-word "
+                                 "masking: add --do-whole-word-mask")
+            from pipeline.segment import check_segmenter
+            check_segmenter(self.word_segmenter)
         if self.vocab_size is not None and self.vocab_size < 100:
             raise InputError(f"--vocab-size {self.vocab_size} is too small (at least 100)")
         return self

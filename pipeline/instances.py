@@ -138,10 +138,14 @@ def create_block_instances(documents: list[list[np.ndarray]], cfg: PrepareConfig
 
 def create_block_instances_flat(ids: np.ndarray, sentence_lengths: np.ndarray,
                                 doc_num_sentences: np.ndarray, cfg: PrepareConfig,
-                                vocab: VocabInfo, seed: int, block_id: int) -> pa.Table:
+                                vocab: VocabInfo, seed: int, block_id: int,
+                                word_starts: np.ndarray | None = None) -> pa.Table:
     """`create_block_instances` on the flat layout `encode_sentences` produces: all ids in
     one array, a length per sentence, a sentence count per document. Empty sentences and
-    documents left empty are dropped."""
+    documents left empty are dropped.
+
+    `word_starts` (uint8 per id, optional): whole-word masking groups, gathered with the
+    ids into each instance and handed to `mask_batch` (None: groups from "##" pieces)."""
     rng = np.random.default_rng([seed, block_id])
     ids = np.asarray(ids)
     sentence_lengths = np.asarray(sentence_lengths, dtype=np.int64)
@@ -179,7 +183,13 @@ def create_block_instances_flat(ids: np.ndarray, sentence_lengths: np.ndarray,
     else:
         starts = np.stack([cls_at * one, a0, sep_at * one], axis=1)
         lens = np.stack([one, a1 - a0, one], axis=1)
-    tokens = src[_gather_ranges(starts.ravel(), lens.ravel())]
+    gather = _gather_ranges(starts.ravel(), lens.ravel())
+    tokens = src[gather]
+    inst_word_starts = None
+    if word_starts is not None and cfg.do_whole_word_mask:
+        # [CLS]/[SEP] flagged 1 (they are specials: never in a group anyway)
+        inst_word_starts = np.concatenate(
+            [np.asarray(word_starts, dtype=np.uint8), np.ones(2, np.uint8)])[gather]
     num_tokens = lens.sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(num_tokens)])
     if offsets[-1] >= 2**31:
@@ -187,7 +197,8 @@ def create_block_instances_flat(ids: np.ndarray, sentence_lengths: np.ndarray,
                          "list offsets; lower --block-bytes or --dupe-factor")
     segment_b_start = np.where(cfg.nsp, a1 - a0 + 2, num_tokens)
 
-    masked, positions, original, pred_offsets = mask_batch(tokens, offsets, rng, cfg, vocab)
+    masked, positions, original, pred_offsets = mask_batch(tokens, offsets, rng, cfg, vocab,
+                                                           inst_word_starts)
 
     tok = token_type(vocab.size)
     tok_np = np.uint16 if tok == pa.uint16() else np.int32

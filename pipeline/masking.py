@@ -1,7 +1,8 @@
 """Masked-LM predictions: Google's `create_masked_lm_predictions`, vectorized over instances.
 
 For each instance: candidates are its non-special positions (with whole-word masking, a
-WordPiece and its "##" continuations form one candidate group); num_to_predict =
+group of positions: a token flagged as a word start and the unflagged tokens after it, see
+`word_starts`; without flags, a WordPiece and its "##" continuations); num_to_predict =
 min(max_predictions_per_seq, max(1, round(len * masked_lm_prob))) with `len` counting
 [CLS]/[SEP] and Python's round-half-even, as Google does; groups are taken in random order,
 skipping a group that would exceed num_to_predict; each chosen position becomes [MASK] (80%),
@@ -10,6 +11,11 @@ stays (10%) or becomes a random token from `vocab.random_ids` (10%).
 Instances are processed in batches laid out as a (rows, max_len) matrix, so the work is
 numpy per batch, never Python per token. Never touches special tokens, never reorders or
 drops instances.
+
+Word starts are the interface between whoever knows the words (the tokenizer, a word
+segmenter such as jieba for Chinese) and the masker: one uint8 per token, 1 where a new
+masking group begins. A candidate right after a non-candidate ([CLS], [SEP], the start of a
+truncated segment) always begins a group, whatever its flag.
 """
 from __future__ import annotations
 
@@ -23,9 +29,18 @@ BATCH_ROWS = 4096
 how many instances a caller passes at once beyond this."""
 
 
+def word_starts_from_pieces(tokens: np.ndarray, vocab: VocabInfo) -> np.ndarray:
+    """WordPiece word starts: uint8 per token, 0 on a "##" continuation, else 1."""
+    return (~vocab.is_subword[tokens]).view(np.uint8)
+
+
 def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
-               cfg: PrepareConfig, vocab: VocabInfo) -> np.ndarray:
-    """Chosen positions of a padded batch: bool (rows, width), True = predict this token."""
+               cfg: PrepareConfig, vocab: VocabInfo,
+               starts2d: np.ndarray | None = None) -> np.ndarray:
+    """Chosen positions of a padded batch: bool (rows, width), True = predict this token.
+
+    `starts2d`: bool (rows, width) word starts (whole-word masking); None: from "##".
+    """
     rows, width = tok2d.shape
     col = np.arange(width)
     is_special = np.zeros(vocab.size, dtype=np.bool_)
@@ -46,9 +61,11 @@ def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
 
     prev_cand = np.zeros_like(cand)
     prev_cand[:, 1:] = cand[:, :-1]
-    # A group starts at a candidate that is not a "##" piece right after another candidate;
+    # A group starts at a candidate flagged as a word start, or right after a non-candidate;
     # each candidate's head is the last group start at or before it.
-    head = cand & ~(vocab.is_subword[tok2d] & prev_cand)
+    if starts2d is None:
+        starts2d = ~vocab.is_subword[tok2d]
+    head = cand & (starts2d | ~prev_cand)
     head_of = np.maximum.accumulate(np.where(head, col, 0), axis=1)   # (rows, width)
     flat_head = (np.arange(rows)[:, None] * width + head_of)[cand]
     size = np.bincount(flat_head, minlength=rows * width).reshape(rows, width)
@@ -73,9 +90,14 @@ def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
 
 
 def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator,
-               cfg: PrepareConfig, vocab: VocabInfo
+               cfg: PrepareConfig, vocab: VocabInfo, word_starts: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mask many instances given as flat tokens and row offsets (len rows + 1).
+
+    `word_starts` (uint8 or bool, same layout as `tokens`): the masking groups of whole-word
+    masking (1 = a new group begins); None derives them from "##" pieces. Ignored without
+    `cfg.do_whole_word_mask`. The random stream is the same either way, so flags equal to
+    the "##" rule give byte-identical output.
 
     Returns (masked tokens, same layout as `tokens`; positions within each instance,
     ascending per instance; original ids at those positions; per-instance prediction
@@ -94,7 +116,11 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
         cols = np.arange(offsets[r1] - offsets[r0]) - np.repeat(starts, lens)
         tok2d = np.full((r1 - r0, width), vocab.pad_id, dtype=tokens.dtype)
         tok2d[rows, cols] = tokens[offsets[r0]:offsets[r1]]
-        chosen = _mask_rows(tok2d, lens, rng, cfg, vocab)
+        starts2d = None
+        if word_starts is not None and cfg.do_whole_word_mask:
+            starts2d = np.ones((r1 - r0, width), dtype=np.bool_)
+            starts2d[rows, cols] = word_starts[offsets[r0]:offsets[r1]]
+        chosen = _mask_rows(tok2d, lens, rng, cfg, vocab, starts2d)
         prow, pcol = np.nonzero(chosen)   # row-major: ascending positions within each row
         pos_parts.append((prow + r0, pcol))
         row_counts.append(np.bincount(prow, minlength=r1 - r0))
@@ -116,8 +142,10 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
 
 
 def mask_tokens(tokens: np.ndarray, rng: np.random.Generator, cfg: PrepareConfig,
-                vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                vocab: VocabInfo, word_starts: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask one instance: (masked tokens, positions ascending, original ids there)."""
     masked, positions, original, _ = mask_batch(
-        np.asarray(tokens), np.array([0, len(tokens)]), rng, cfg, vocab)
+        np.asarray(tokens), np.array([0, len(tokens)]), rng, cfg, vocab,
+        None if word_starts is None else np.asarray(word_starts))
     return masked, positions, original

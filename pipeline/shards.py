@@ -2,7 +2,8 @@
 
 1. `tokenize_file`: read one input file, tokenize its sentences, and deal its documents into
    shuffle blocks by a seeded hash (a global shuffle that needs no global memory). Each
-   (block, file) pair becomes one Parquet piece under `WORK/tokens/`.
+   (block, file) pair becomes one Parquet piece under `WORK/tokens/`; with whole-word
+   masking it carries each token's word-start flag next to its id (`pipeline.masking`).
 2. `build_block`: gather one block's documents in hash order, make the NSP pairs and masks
    (`pipeline.instances`), and write its instances by length bin under `WORK/instances/`.
 3. `write_shard`: cut shard s out of the bins (`plan_shards` makes every shard equal ±1
@@ -27,8 +28,10 @@ import pyarrow.parquet as pq
 
 from pipeline.config import PrepareConfig
 from pipeline.instances import create_block_instances_flat
+from pipeline.masking import word_starts_from_pieces
 from pipeline.read import FileStats, read_documents
 from pipeline.schema import instance_schema, length_bin
+from pipeline.segment import encode_with_word_starts, load_segmenter
 from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
 from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences
 
@@ -37,6 +40,9 @@ TOKENS_SCHEMA = pa.schema([
     pa.field("ids", pa.list_(pa.int32()), nullable=False),
     pa.field("sentence_lengths", pa.list_(pa.int32()), nullable=False),
 ])
+# Pieces of a whole-word-masking job: the same plus one uint8 word-start flag per id.
+TOKENS_SCHEMA_STARTS = TOKENS_SCHEMA.append(
+    pa.field("word_starts", pa.list_(pa.uint8()), nullable=False))
 ENCODE_BATCH_SENTENCES = 4096
 PIECE_FLUSH_TOKENS = 4_000_000
 ROW_GROUP_ROWS = 16384
@@ -56,20 +62,26 @@ class _PieceWriter:
         self.path, self.writer, self.rows = path, None, []
         self.tokens = 0
 
-    def add(self, key: int, ids: np.ndarray, lengths: np.ndarray):
-        self.rows.append((key, ids, lengths))
+    def add(self, key: int, ids: np.ndarray, lengths: np.ndarray,
+            starts: np.ndarray | None = None):
+        self.rows.append((key, ids, lengths) if starts is None else (key, ids, lengths, starts))
         self.tokens += len(ids)
 
     def flush(self):
         if not self.rows:
             return
-        keys, ids, lens = zip(*self.rows)
-        table = pa.table([pa.array(keys, pa.uint64()), _list_array(ids, pa.int32()),
-                          _list_array(lens, pa.int32())], schema=TOKENS_SCHEMA)
+        keys, ids, lens, *starts = zip(*self.rows, strict=True)
+        columns = [pa.array(keys, pa.uint64()), _list_array(ids, pa.int32()),
+                   _list_array(lens, pa.int32())]
+        schema = TOKENS_SCHEMA
+        if starts:
+            columns.append(_list_array(starts[0], pa.uint8()))
+            schema = TOKENS_SCHEMA_STARTS
+        table = pa.table(columns, schema=schema)
         if self.writer is None:
             fs, inner = filesystem(self.path)
             ensure_parent(self.path)
-            self.writer = pq.ParquetWriter(inner, TOKENS_SCHEMA, filesystem=fs,
+            self.writer = pq.ParquetWriter(inner, schema, filesystem=fs,
                                              compression="none")  # scratch: read once
         self.writer.write_table(table)
         self.rows, self.tokens = [], 0
@@ -95,6 +107,9 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
                   num_blocks: int, work: str) -> dict:
     """Pass 1 for one input file. Returns its stats (size, sha256, counts, skips)."""
     tokenizer = build_tokenizer(vocab, cfg.do_lower_case)
+    info = VocabInfo.from_vocab(vocab) if cfg.do_whole_word_mask else None
+    segment = load_segmenter(cfg.word_segmenter) \
+        if info is not None and cfg.word_segmenter else None
     stats = FileStats(path)
     writers: dict[int, _PieceWriter] = {}
     docs: list[list[str]] = []
@@ -105,7 +120,12 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     def encode_pending():
         nonlocal doc_index, tokens
         sentences = [s for d in docs for s in d]
-        ids, lengths = encode_sentences(tokenizer, sentences)
+        if segment is not None:
+            ids, lengths, starts = encode_with_word_starts(tokenizer, sentences,
+                                                           info.is_subword, segment)
+        else:
+            ids, lengths = encode_sentences(tokenizer, sentences)
+            starts = word_starts_from_pieces(ids, info) if info is not None else None
         ends = np.cumsum(lengths)
         sent_start = 0
         for d in docs:
@@ -124,7 +144,8 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
             if block not in writers:
                 writers[block] = _PieceWriter(
                     join(work, "tokens", f"block-{block:05d}", f"file-{file_index:06d}.parquet"))
-            writers[block].add(key, ids[lo:hi], kept.astype(np.int32))
+            writers[block].add(key, ids[lo:hi], kept.astype(np.int32),
+                               None if starts is None else starts[lo:hi])
             tokens += hi - lo
         docs.clear()
         if sum(w.tokens for w in writers.values()) >= PIECE_FLUSH_TOKENS:
@@ -160,10 +181,12 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
     lengths_col = table.column("sentence_lengths").combine_chunks()
     sentence_lengths = lengths_col.values.to_numpy()
     per_doc = np.diff(lengths_col.offsets.to_numpy())
+    word_starts = table.column("word_starts").combine_chunks().values.to_numpy() \
+        if "word_starts" in table.column_names else None
     num_documents = len(table)
     del table, lengths_col
     instances = create_block_instances_flat(ids, sentence_lengths, per_doc, cfg, vocab,
-                                            cfg.random_seed, block_id)
+                                            cfg.random_seed, block_id, word_starts)
     num_tokens = instances.column("num_tokens").to_numpy()
     bins = length_bin(num_tokens.astype(np.int64), cfg.bin_size)
     order = np.argsort(bins, kind="stable")
