@@ -22,7 +22,7 @@ from pathlib import Path
 TRAINER_STATE = "trainer_state.json"
 DS_TAG = "deepspeed"  # one DeepSpeed tag per Ray checkpoint folder; the folder names the step
 # what must not change between the save and the resume, or the data position means nothing
-RESUME_KEYS = ("world_size", "micro_batch_size", "seed")
+RESUME_KEYS = ("world_size", "micro_batch_size", "seed", "packing")
 
 
 @dataclass
@@ -31,6 +31,8 @@ class TrainerState:
     world_size: int
     micro_batch_size: int
     seed: int
+    packing: bool = False
+    """Batches packed (the plan draws from whole shards instead of length bins)"""
     step: int = 0
     """Optimizer steps done"""
     micro_batches: int = 0

@@ -56,7 +56,15 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     pad_to_multiple_of: int = 1
     """Pad each batch's length up to a multiple of this (8 suits tensor cores)"""
     prefetch: bool = True
-    """Read the next shard in a background thread"""
+    """Read the next shard and build batches ahead in background threads"""
+    packing: bool = False
+    """Pack several instances into each row up to the data's max_seq_length (batches drawn
+    from the whole shard, not one length bin): the same loss per instance, less padding"""
+    compile: bool = False
+    """torch.compile the encoder (ZeRO 0-2)"""
+    system_metrics: bool = True
+    """Rank 0 logs system metrics (CPU, memory; GPU utilisation and memory with nvidia-ml-py)
+    to the MLflow run every 10 s"""
     log_every: int = 10
     """Steps between progress lines and MLflow metrics"""
     eval_every: int = 500
@@ -114,6 +122,9 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
             raise ConfigError("offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("offload_params needs zero_stage 3")
+        if self.compile and self.zero_stage == 3:
+            raise ConfigError("compile does not work with zero_stage 3 (its parameter gathering "
+                              "breaks the compiled graph); use zero_stage 0-2 or drop --compile")
         micro = self.micro_batch()
         if micro < 1 or self.batch_size % (micro * self.num_workers):
             raise ConfigError(
@@ -123,7 +134,7 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
 
     def default_run_name(self) -> str:
         """Stable for the same job: rerunning the same command resumes the same run."""
-        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every")
+        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics")
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"pretrain-{self.model}-{digest}"

@@ -64,10 +64,12 @@ def check_job(cfg: PretrainConfig) -> Job:
     ds = open_dataset(cfg.data)
     train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
     # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
-    PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed)
+    PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed,
+                   packing=cfg.packing)
     run_name = cfg.run_name or cfg.default_run_name()
     saved = latest_state(cfg.storage_path, run_name)
-    problem = saved and saved.mismatch(TrainerState(cfg.num_workers, cfg.micro_batch(), cfg.seed))
+    problem = saved and saved.mismatch(TrainerState(cfg.num_workers, cfg.micro_batch(), cfg.seed,
+                                                    cfg.packing))
     if problem:
         raise ConfigError(f"run {run_name} exists in {cfg.storage_path} and cannot resume: "
                           f"{problem}")

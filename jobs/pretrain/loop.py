@@ -11,6 +11,11 @@ Each step runs `accumulation` micro-batches; every `log_every` steps the window'
 are summed over ranks and rank 0 prints a line and hands them to `MetricLogger` (never
 blocks); every `eval_every` steps all ranks evaluate the held-out batches; every
 `checkpoint_every` steps and at the end all ranks save. Returns rank 0's final metrics.
+
+A step reads nothing back from the device: batches arrive built and (on GPUs) pinned from
+the loader's thread and are copied without blocking, counts are the batch's host numbers,
+losses are summed on the device (`jobs.pretrain.metrics.Window`) and read once per log
+interval. `tests/unit/jobs/pretrain/test_no_sync.py` holds `Worker.step` to that.
 """
 from __future__ import annotations
 
@@ -93,24 +98,32 @@ class Worker:
         self.loader = PretrainLoader(ds, train_shards, cfg.micro_batch(), rank=self.rank,
                                      world_size=self.world, seed=cfg.seed,
                                      pad_to_multiple_of=cfg.pad_to_multiple_of,
-                                     prefetch=cfg.prefetch)
+                                     prefetch=cfg.prefetch, packing=cfg.packing,
+                                     pin_memory=self.device.type == "cuda")
         peak_name = torch.cuda.get_device_name(self.device) if self.gpu else "cpu"
         self.peak = peak_flops(peak_name, self.precision)
         self.window = Window(self.device, self.model_cfg)
         self.eval_window = Window(self.device, self.model_cfg)
         self.evals = None  # held-out batches, collated on first use
-        self.logger = None
+        self.logger = self.system_metrics = None
         if self.rank == 0:
             from jobs.tracking import MetricLogger
+            from jobs.tracking.system import start_system_metrics
             self.logger = MetricLogger(loop_config["tracking_uri"], loop_config.get("run_id"),
                                        experiment=cfg.experiment, run_name=self.run_name)
+            if cfg.system_metrics:
+                self.system_metrics = start_system_metrics(loop_config["tracking_uri"],
+                                                           loop_config.get("run_id"))
 
     def _deepspeed(self, model):
         import deepspeed
 
+        from jobs.pretrain.model import compile_encoder
         from jobs.train.deepspeed import safe_checkpoint_engine
         from jobs.train.optim import build_optimizer, build_schedule
         cfg = self.cfg
+        if cfg.compile:
+            compile_encoder(model)
         optimizer = build_optimizer(model, cfg, self.gpu, offload=cfg.offload_optimizer)
         schedule = build_schedule(optimizer, cfg.warmup(cfg.max_steps), cfg.max_steps)
         deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
@@ -125,7 +138,8 @@ class Worker:
         import ray.train
 
         from jobs.pretrain import checkpoint as ckpt
-        self.state = ckpt.TrainerState(self.world, self.cfg.micro_batch(), self.cfg.seed)
+        self.state = ckpt.TrainerState(self.world, self.cfg.micro_batch(), self.cfg.seed,
+                                       self.cfg.packing)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             self.state = ckpt.load(self.engine, checkpoint, self.state)
@@ -137,7 +151,8 @@ class Worker:
         self.digest = self.state.digests[self.rank]
 
     def step(self, stream) -> float:
-        """One optimizer step over `accumulation` micro-batches; returns its learning rate."""
+        """One optimizer step over `accumulation` micro-batches; returns its learning rate.
+        No host sync here (module docstring): nothing in it may read a device value."""
         from jobs.pretrain.metrics import sample_digest
         from jobs.train.seeds import dropout_seed
         lr = self.schedule.get_last_lr()[0]
@@ -176,7 +191,7 @@ class Worker:
         if self.evals is None:
             self.evals = eval_batches(self.ds, self.held_out, self.cfg.micro_batch(), self.rank,
                                       self.world, self.cfg.eval_samples, self.cfg.seed,
-                                      self.cfg.pad_to_multiple_of)
+                                      self.cfg.pad_to_multiple_of, self.cfg.packing)
         if not self.evals:
             return {}
         self.engine.eval()
@@ -243,6 +258,8 @@ class Worker:
                 **state.metrics.get("eval", {})}
 
     def close(self) -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
         if self.logger is not None:
             self.logger.close()
 
