@@ -23,8 +23,11 @@ of the shard's per-epoch permutation, whatever their lengths, and `collate_packe
 B instances into as few rows of `max_seq_length` as `pipeline.packing` finds. The plan (which
 instances form each batch, the number of batches, the data position) is as metadata-only as
 with bins, and a batch's layout is a pure function of its rows, so a resumed run sees
-exactly the packed batches it would have. Measured on the Wikipedia shards (README,
-Benchmarks): this pads least; packing within a bin gains little, as a bin's rows are alike.
+exactly the packed batches it would have. Which pads less depends on the micro-batch: on the
+Wikipedia shards (one epoch, README "Performance") bins pad 10-13%; packing pads more at
+B = 8 (16% at seq 128, 20% at 512: few instances to combine) and less from B = 32 at 512
+(8.4%) and B = 128 at both lengths (9.6% at 128, 2.9% at 512). Packing inside a length bin
+was measured too and is never the best of the three, so it is not offered.
 
 Batches take their form in one place, `make_batch` (rows of a shard -> instances -> packed
 or padded batch). With `prefetch`, a background thread reads the next shard and another
