@@ -62,9 +62,9 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     from the whole shard, not one length bin): the same loss per instance, less padding"""
     compile: bool = False
     """torch.compile the encoder (ZeRO 0-2)"""
-    system_metrics: bool = True
-    """Rank 0 logs system metrics (CPU, memory; GPU utilisation and memory with nvidia-ml-py)
-    to the MLflow run every 10 s"""
+    system_metrics_every: float = 10.0
+    """Seconds between the system metrics rank 0 logs to the MLflow run (CPU, memory; GPU
+    utilisation and memory with nvidia-ml-py); 0 = none"""
     log_every: int = 10
     """Steps between progress lines and MLflow metrics"""
     eval_every: int = 500
@@ -115,7 +115,8 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
                      "keep_checkpoints", "pad_to_multiple_of", "vocab_multiple"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("eval_every", "eval_shards", "eval_samples", "max_failures"):
+        for name in ("eval_every", "eval_shards", "eval_samples", "max_failures",
+                     "system_metrics_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)})")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -134,7 +135,7 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
 
     def default_run_name(self) -> str:
         """Stable for the same job: rerunning the same command resumes the same run."""
-        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics")
+        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics_every")
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"pretrain-{self.model}-{digest}"

@@ -111,9 +111,10 @@ class Worker:
             from jobs.tracking.system import start_system_metrics
             self.logger = MetricLogger(loop_config["tracking_uri"], loop_config.get("run_id"),
                                        experiment=cfg.experiment, run_name=self.run_name)
-            if cfg.system_metrics:
-                self.system_metrics = start_system_metrics(loop_config["tracking_uri"],
-                                                           loop_config.get("run_id"))
+            if cfg.system_metrics_every:
+                self.system_metrics = start_system_metrics(
+                    loop_config["tracking_uri"], loop_config.get("run_id"),
+                    cfg.system_metrics_every)
 
     def _deepspeed(self, model):
         import deepspeed

@@ -64,9 +64,11 @@ def runs(workdir, wiki_shards, s3_shards, ray_local, mlflow_server):
         # workers read the shards from S3 (credentials reach them through the runtime env)
         "zero1": dict(zero_stage=1, data=s3_shards),
         "zero2": dict(zero_stage=2),
-        # the fully tracked run: a real MLflow server, evaluation, registration, keep 1
+        # the fully tracked run: a real MLflow server, evaluation, registration, keep 1,
+        # packed batches (train and eval), system metrics every second
         "zero3": dict(zero_stage=3, tracking_uri=mlflow_server, eval_every=20,
-                      keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1"),
+                      keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1",
+                      packing=True, system_metrics_every=1.0),
         # killed after step 25 and restarted by Ray (checkpoint at 20)
         "failure": dict(fail_at_step=25, max_failures=1),
     }
@@ -187,9 +189,15 @@ def test_mlflow_server_holds_one_run_with_params_metrics_artifacts_and_the_model
     def steps(key):
         return sorted({m.step for m in c.get_metric_history(run.info.run_id, key)})
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate",
-                "grad_norm", "samples_per_s", "tokens_per_s"):
+                "grad_norm", "samples_per_s", "tokens_per_s", "padding_fraction",
+                "padding_fraction_unpacked"):
         assert steps(key) == list(range(1, STEPS + 1)), key
     assert steps("eval_mlm_accuracy") == steps("eval_nsp_accuracy") == [20, 40]
+    assert params["packing"] == "True"  # packed rows pad less than the same batches unpadded
+    padding = run.data.metrics
+    assert 0 <= padding["padding_fraction"] < padding["padding_fraction_unpacked"] < 1
+    assert summary["metrics"]["samples"] == STEPS * 32  # packing keeps 32 instances a step
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # rank 0's monitor
 
     artifacts = {a.path for top in c.list_artifacts(run.info.run_id)
                  for a in c.list_artifacts(run.info.run_id, top.path)}
