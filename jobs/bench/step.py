@@ -346,8 +346,12 @@ def suite(b: StepBenchConfig) -> list[dict]:
                                    "lengths": b.lengths or "wiki", "max_predictions": None,
                                    "sync_debug": packing and b.device == "cuda",
                                    "output_json": None})
-            r = run(c)
-            print(report(r), flush=True)
+            try:
+                r = run(c)
+                print(report(r), flush=True)
+            except Exception as e:  # one GPU session: a failing config must not lose the rest
+                r = {"config": asdict(c), "error": f"{type(e).__name__}: {e}"[:500]}
+                print(f"{model} seq {seq_len} packing={packing}: {r['error']}", flush=True)
             results.append(r)
             if b.device == "cuda":
                 torch.cuda.empty_cache()
@@ -360,7 +364,13 @@ def suite_table(results: list[dict]) -> str:
             "transformers seq/s | transformers MFU | ours / transformers | peak GiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        b, o = r["config"], r["models"]["ours"]
+        b = r["config"]
+        if "error" in r:
+            rows.append(f"| {b['model']} | {b['seq_len']} | "
+                        f"{'packed' if b['packing'] else 'padded'} | {b['batch_size']} | "
+                        f"failed: {r['error'][:80]} |||||||")
+            continue
+        o = r["models"]["ours"]
         t = r["models"].get("transformers", {})
         pct = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
         rows.append(f"| {b['model']} | {b['seq_len']} | {'packed' if b['packing'] else 'padded'}"
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if b.suite:
         results = suite(b)
         print(suite_table(results))
-        failed = [r for r in results if r.get("sync")]
+        failed = [r for r in results if r.get("sync") or r.get("error")]
     else:
         results = run(b)
         print(report(results))
@@ -390,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(b.output_json, "w") as f:
             json.dump(results, f, indent=2)
     if failed:
-        print("a step synchronized with the device (see 'sync debug' above)", file=sys.stderr)
+        print("a config failed or a step synchronized with the device (see above)",
+              file=sys.stderr)
         return 1
     return 0
 
