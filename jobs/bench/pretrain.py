@@ -57,9 +57,11 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
     ds = open_dataset(cfg.data)
     train, _ = split_holdout(ds.shards, cfg.eval_shards)
     loader = PretrainLoader(ds, train, cfg.micro_batch(), rank=0, world_size=cfg.num_workers,
-                            seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of)
+                            seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of,
+                            packing=cfg.packing)
     stream = loader.iterate()
-    data = [next(stream).model_inputs(device) for _ in range(batches + warmup)]
+    collated = [next(stream) for _ in range(batches + warmup)]
+    data = [b.model_inputs(device) for b in collated]
     model = build_model(model_config(cfg, ds, None), None, cfg.seed).to(device).train()
     opt = build_optimizer(model, cfg, gpu)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.resolved_precision(gpu))
@@ -75,7 +77,7 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
-            samples += inputs["input_ids"].shape[0]
+            samples += len(collated[i])  # instances, however many rows they fill
     if gpu:
         torch.cuda.synchronize()
     took = time.perf_counter() - started
@@ -90,7 +92,7 @@ def loader_rate(cfg: PretrainConfig, batches: int = 2000) -> dict:
     train, _ = split_holdout(ds.shards, cfg.eval_shards)
     loader = PretrainLoader(ds, train, cfg.micro_batch(), rank=0, world_size=cfg.num_workers,
                             seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of,
-                            prefetch=cfg.prefetch)
+                            prefetch=cfg.prefetch, packing=cfg.packing)
     started = time.perf_counter()
     stream = loader.iterate()
     samples = 0
