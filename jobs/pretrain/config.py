@@ -135,7 +135,8 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
 
     def default_run_name(self) -> str:
         """Stable for the same job: rerunning the same command resumes the same run."""
-        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics_every")
+        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics_every",
+                "compile")  # none changes what is trained: a rerun with them resumes
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"pretrain-{self.model}-{digest}"
