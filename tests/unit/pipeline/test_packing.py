@@ -189,3 +189,19 @@ def test_an_error_while_building_batches_in_the_background_reaches_the_consumer(
     monkeypatch.setattr(ld, "make_batch", lambda shard, rows: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         next(ld.iterate())
+
+
+def test_the_background_batch_thread_stops_when_the_consumer_is_done(data):
+    import gc
+    import threading
+    before = {t for t in threading.enumerate() if t.name == "batch-prefetch"}
+    it = loader_for(data, prefetch=True).iterate()
+    next(it)
+    it.close()
+    it2 = loader_for(data, prefetch=True).iterate()
+    next(it2)
+    del it2  # dropped without close(): the thread must not keep running forever
+    gc.collect()
+    for t in {t for t in threading.enumerate() if t.name == "batch-prefetch"} - before:
+        t.join(timeout=5)
+        assert not t.is_alive()
