@@ -26,25 +26,6 @@ def test_cpu_bench_times_both_models_on_the_same_weights(tmp_path, capsys):
     assert "transformers / ours time" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_cpu_bench_compares_packed_and_padded_on_the_same_real_length_mix(tmp_path, capsys):
-    out = tmp_path / "r.json"
-    assert bench_step.main(["--model", "bert-tiny", "--seq-len", "64", "--batch-size", "8",
-                            "--packing", "--steps", "1", "--warmup", "0",
-                            "--output-json", str(out)]) == 0
-    r = json.loads(out.read_text())
-    models = r["models"]
-    assert set(models) == {"ours", "ours-padded", "transformers"}
-    assert models["ours"]["rows"] < 8 == models["ours-padded"]["rows"]
-    assert models["ours"]["padding"] < models["ours-padded"]["padding"]
-    assert r["loss_difference_eval"] < 1e-5  # same weights, same sequences, any layout
-    # MFU's numerator counts real tokens only: the same for every layout
-    assert models["ours"]["tokens_per_s"] * models["ours"]["ms_per_step"] == pytest.approx(
-        models["ours-padded"]["tokens_per_s"] * models["ours-padded"]["ms_per_step"])
-    assert r["real_tokens"] < 8 * 64  # the wiki mix, not full rows
-    assert "ours padded / ours packed time" in capsys.readouterr().out
-
-
 def test_wiki_lengths_follow_the_shipped_histogram_and_files_are_read(tmp_path):
     from jobs.bench.lengths import WIKI_LENGTHS, sample_lengths
     lengths = sample_lengths("wiki", 128, 20000, seed=0)
@@ -60,11 +41,26 @@ def test_wiki_lengths_follow_the_shipped_histogram_and_files_are_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_suite_runs_each_config_packed_and_padded(monkeypatch, capsys):
-    monkeypatch.setattr(bench_step, "SUITE", [("bert-tiny", 32, 4)])
-    assert bench_step.main(["--suite", "--steps", "1", "--warmup", "0", "--no-compare"]) == 0
-    out = capsys.readouterr().out
-    assert "| bert-tiny | 32 | packed | 4 |" in out and "| bert-tiny | 32 | padded | 4 |" in out
+def test_the_suite_times_packed_and_padded_against_transformers_on_the_same_sequences(
+        monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_step, "SUITE", [("bert-tiny", 64, 8)])
+    out = tmp_path / "suite.json"
+    assert bench_step.main(["--suite", "--steps", "1", "--warmup", "0",
+                            "--output-json", str(out)]) == 0
+    packed, padded = json.loads(out.read_text())
+    assert set(packed["models"]) == {"ours", "ours-padded", "transformers"}
+    assert set(padded["models"]) == {"ours", "transformers"}
+    m = packed["models"]
+    assert m["ours"]["rows"] < 8 == m["ours-padded"]["rows"] == m["transformers"]["rows"]
+    assert m["ours"]["padding"] < m["ours-padded"]["padding"]
+    assert packed["real_tokens"] == padded["real_tokens"] < 8 * 64  # the wiki mix, not full
+    assert packed["loss_difference_eval"] < 1e-5  # same weights, same sequences, any layout
+    # MFU's numerator counts real tokens only: the same for every layout
+    assert m["ours"]["tokens_per_s"] * m["ours"]["ms_per_step"] == pytest.approx(
+        m["ours-padded"]["tokens_per_s"] * m["ours-padded"]["ms_per_step"])
+    text = capsys.readouterr().out
+    assert "| bert-tiny | 64 | packed | 8 |" in text and "| bert-tiny | 64 | padded | 8 |" in text
+    assert "ours padded / ours packed time" in text
 
 
 def test_bad_options_are_one_line_errors_with_exit_code_2(capsys):
