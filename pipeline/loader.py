@@ -163,22 +163,24 @@ class PretrainLoader:
                                   self.pad_to_multiple_of)
         return collate(shard, rows, self.dataset.nsp, self.pad_to_multiple_of)
 
-    def padding(self, epoch: int = 0, q: int = 0) -> dict:
-        """Padding fractions of this rank's batches in round (epoch, q), read from its shard:
-        as this loader lays them out, and the same batches one instance per row."""
-        rnd = self.round(epoch, q)
-        shard = read_shard(self.dataset, rnd.shards[self.rank])
-        rows, used = self._rows_of(rnd), {}
+    def padding(self, epoch: int = 0, rounds: int | None = 1) -> dict:
+        """Padding fractions of this rank's batches in the first `rounds` rounds of `epoch`
+        (None: the whole epoch), read from its shards: as this loader lays them out, and the
+        same batches one instance per row."""
         real = slots = unpacked = 0
-        for b in rnd.bins:
-            b = int(b)
-            k = used.get(b, 0)
-            used[b] = k + 1
-            batch = self.make_batch(shard, rows[b][k * self.micro_batch_size:
-                                                   (k + 1) * self.micro_batch_size])
-            real += batch.num_tokens
-            slots += batch.input_ids.numel()
-            unpacked += padded_slots(batch.seq_lens, self.pad_to_multiple_of)
+        for q in range(self.rounds_per_epoch if rounds is None else rounds):
+            rnd = self.round(epoch, q)
+            shard = read_shard(self.dataset, rnd.shards[self.rank])
+            rows, used = self._rows_of(rnd), {}
+            for b in rnd.bins:
+                b = int(b)
+                k = used.get(b, 0)
+                used[b] = k + 1
+                batch = self.make_batch(shard, rows[b][k * self.micro_batch_size:
+                                                       (k + 1) * self.micro_batch_size])
+                real += batch.num_tokens
+                slots += batch.input_ids.numel()
+                unpacked += padded_slots(batch.seq_lens, self.pad_to_multiple_of)
         return {"padding_fraction": padding_fraction(real, slots),
                 "padding_fraction_unpacked": padding_fraction(real, unpacked)}
 
