@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import main as evaluate
-from jobs.finetune import main as finetune
+from tests.helpers import job
+
+evaluate, finetune = job("evaluate"), job("finetune")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -70,7 +71,7 @@ def test_chinese_bio_per_character_fine_tunes_and_evaluates(tmp_path, capsys, mi
     assert summary["metrics"]["dev_f1"] > 0.7, summary["metrics"]      # entity level
     spec = json.loads((tmp_path / "ner" / "bertpipe_task.json").read_text())
     assert set(spec["labels"]) == {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
-    code = evaluate(["--model", str(tmp_path / "ner"), "--data", dev,
+    code = evaluate(["--model", str(tmp_path / "ner"), "--input", dev,
                      "--predictions", str(tmp_path / "pred.jsonl"), "--tracking-uri", tracking])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and result["metrics"]["f1"] == pytest.approx(summary["metrics"]["dev_f1"])
