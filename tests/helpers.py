@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -110,3 +112,9 @@ def lean_server(root: Path, port: int | None = None):
         yield uri
     finally:
         stop_group(proc.pid)
+
+
+def cxx_compiler() -> str | None:
+    """Inductor's CPU backend builds C++: without a compiler there is no torch.compile test."""
+    return next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++")
+                 if c and shutil.which(c)), None)

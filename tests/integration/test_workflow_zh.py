@@ -39,7 +39,7 @@ def test_the_chinese_workflow_runs_its_stages_on_a_slice(ray_local, tmp_path,
         f"finetune.0.train={train}", f"finetune.0.validation={dev}", "finetune.0.epochs=1",
         "finetune.0.max_seq_length=64", "finetune.0.batch_size=16",
         "finetune.0.num_workers=0",   # Ray Train's local mode: no worker start-up
-        f"evaluate.0.data={test}"])
+        f"evaluate.0.input={test}"])
     assert wf.prepare["word_segmenter"] == "jieba" and wf.prepare["do_whole_word_mask"]
     summary = run(wf)
     stages = {s["stage"]: s for s in summary["stages"]}

@@ -14,15 +14,18 @@ from jobs.train.engine import TorchEngine
 from jobs.train.optim import build_optimizer
 from pipeline.dataset import open_dataset
 from pipeline.loader import PretrainLoader
-from tests.helpers import write_dataset
-from tests.unit.model.test_compile import cxx_compiler
+from tests.helpers import cxx_compiler, write_dataset
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(cxx_compiler() is None, reason="no C++ compiler for torch.compile on CPU")
-def test_a_compiled_training_step_gives_eager_loss_and_weights(tmp_path, monkeypatch):
+def test_a_compiled_training_step_gives_eager_loss_and_weights(tmp_path):
     import torch._inductor.config as inductor
-    monkeypatch.setattr(inductor, "fallback_random", True)  # dropout masks as in eager
+    with inductor.patch(fallback_random=True):  # dropout masks as in eager
+        _compiled_step_equals_eager(tmp_path)
+
+
+def _compiled_step_equals_eager(tmp_path):
     data = write_dataset(tmp_path / "data", max_len=64)
     cfg = PretrainConfig(data=str(data), model="bert-tiny", max_position_embeddings=64,
                          learning_rate=1e-3, compile=True)
