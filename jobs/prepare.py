@@ -22,6 +22,7 @@ from typing import Callable
 from jobs.config import to_dict
 from jobs.train.runtime import ray_session, worker_env
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
+from pipeline.dynamic import MaskingSpec
 from pipeline.errors import InputError
 from pipeline.manifest import InputFile, Manifest, ShardEntry, VocabEntry
 from pipeline.read import check_first_record
@@ -211,8 +212,9 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
 
     log(f"pass 3/3: writing {total_instances} instances into {cfg.num_shards} shard(s)")
     plan = plan_shards(rows, cfg.num_shards)
+    with_starts = cfg.masking == "dynamic" and cfg.do_whole_word_mask
     shards = mapper(lambda row: write_shard(row["shard"], plan[row["shard"]], info.size,
-                                            work, cfg.output),
+                                            work, cfg.output, with_starts),
                     [{"shard": s} for s in range(cfg.num_shards)], "shards")
     shards.sort(key=lambda r: r["file"])
 
@@ -242,11 +244,21 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
         skipped={"count": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         counts=counts,
         instances_per_bin={str(b): sum(n.values()) for b, n in sorted(rows.items())},
-        shards=[ShardEntry(**s) for s in shards], seconds=round(elapsed, 2))
+        shards=[ShardEntry(**s) for s in shards], seconds=round(elapsed, 2),
+        masking=_masking(cfg))
     write_file_atomic(join(cfg.output, "manifest.json"), manifest.to_json().encode())
     delete(work)
     _summary(manifest, elapsed)
     return manifest
+
+
+def _masking(cfg: PrepareConfig) -> dict:
+    """The manifest's masking entry: which, and the parameters (the loader's, if dynamic)."""
+    spec = MaskingSpec(cfg.masked_lm_prob, cfg.max_predictions_per_seq, cfg.do_whole_word_mask,
+                       cfg.random_seed, word_starts=cfg.do_whole_word_mask)
+    if cfg.masking == "dynamic":
+        return spec.to_manifest()
+    return {**spec.to_manifest(), "mode": "static", "word_starts": False}
 
 
 def _summary(m: Manifest, elapsed: float) -> None:

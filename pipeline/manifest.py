@@ -59,6 +59,10 @@ class Manifest:
     instances_per_bin: dict[str, int]
     shards: list[ShardEntry]
     seconds: float = 0.0
+    masking: dict = field(default_factory=lambda: {"mode": "static"})
+    """{"mode": "static"} (masks in the shards), or {"mode": "dynamic", "masked_lm_prob",
+    "max_predictions_per_seq", "do_whole_word_mask", "seed", "word_starts"}: the loader masks
+    with these (`pipeline.dynamic`); written by every prepare, absent (static) in older ones"""
     extra: dict = field(default_factory=dict)
     """Keys this version does not know, kept as they were"""
 

@@ -250,9 +250,11 @@ def plan_shards(rows: dict[int, dict[int, int]], num_shards: int) -> list[list[S
     return plan
 
 
-def write_shard(index: int, slices: list[Slice], vocab_size: int, work: str, out: str) -> dict:
-    """Pass 3 for one shard: write it to a temp file, hash it, publish it atomically."""
-    schema = instance_schema(vocab_size)
+def write_shard(index: int, slices: list[Slice], vocab_size: int, work: str, out: str,
+                word_starts: bool = False) -> dict:
+    """Pass 3 for one shard: write it to a temp file, hash it, publish it atomically.
+    `word_starts`: the instances carry that column (dynamic whole-word masking)."""
+    schema = instance_schema(vocab_size, word_starts)
     fs, _ = filesystem(work)
     rows_per_bin: Counter = Counter()
     tokens = 0

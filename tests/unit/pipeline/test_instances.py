@@ -109,17 +109,80 @@ def test_truncation_removes_what_googles_loop_removes():
                                                            for a, b in grid.tolist()]
 
 
-def test_no_nsp_instances_are_a_single_contiguous_segment():
-    docs, doc_of = _toy_documents()
-    cfg = PrepareConfig(dupe_factor=2, max_seq_length=64, nsp=False)
+def _sentence_bounds(docs):
+    """Token ids that start a sentence / end one (exclusive end = last id + 1), per the toy
+    corpus' consecutive ids."""
+    starts = {int(s[0]) for d in docs for s in d if len(s)}
+    ends = {int(s[-1]) + 1 for d in docs for s in d if len(s)}
+    return starts, ends
+
+
+def _parts(ids, sep_id):
+    """The parts of [CLS] p1 [SEP] p2 [SEP] ... [SEP]."""
+    assert ids[-1] == sep_id
+    cut = np.flatnonzero(ids == sep_id)
+    return [ids[a + 1:b] for a, b in zip(np.concatenate([[0], cut[:-1]]), cut)]
+
+
+@pytest.mark.parametrize("doc_sentences", [False, True])
+def test_no_nsp_rows_are_whole_sentences_across_documents_with_a_sep_or_within_one(
+        doc_sentences):
+    docs, doc_of = _toy_documents(num_docs=60)
+    cfg = PrepareConfig(dupe_factor=1, max_seq_length=64, nsp=False, doc_sentences=doc_sentences)
     table = create_block_instances(docs, cfg, TOY, 1, 0)
+    sent_starts, sent_ends = _sentence_bounds(docs)
+    doc_first = {lo for lo, _ in doc_of.values()}
     assert set(table.column("next_sentence_label").to_pylist()) == {0}
+    rows, crossing = [], 0
     for ids, b_start, _ in _rows(table):
-        assert b_start == len(ids) <= 64
-        assert ids[0] == TOY.cls_id and ids[-1] == TOY.sep_id
-        body = ids[1:-1]
-        assert (body >= 5).all() and (np.diff(body) == 1).all()
-        assert _doc(doc_of, body[0]) == _doc(doc_of, body[-1])
+        assert b_start == len(ids) <= 64 and ids[0] == TOY.cls_id
+        parts = _parts(ids, TOY.sep_id)
+        for part in parts:
+            assert len(part) and (part >= 5).all() and (np.diff(part) == 1).all()
+            assert _doc(doc_of, part[0]) == _doc(doc_of, part[-1])  # a part: one document
+        for a, b in zip(parts, parts[1:]):   # the next part is the next document's start
+            assert b[0] == a[-1] + 1 and int(b[0]) in doc_first
+        crossing += len(parts) > 1
+        rows.append((int(parts[0][0]), int(parts[-1][-1]) + 1, len(ids)))
+    if doc_sentences:
+        assert crossing == 0
+    else:
+        assert crossing > 20
+    # One pass covers the corpus once, in order, each row starting and ending at sentence
+    # bounds (no sentence here is longer than a row), and full: the next sentence (with
+    # its [SEP] if it starts a document) would not have fitted.
+    rows.sort()
+    next_id = 5
+    lengths = {int(s[0]): len(s) for d in docs for s in d}
+    for k, (lo, hi, n) in enumerate(rows):
+        assert lo == next_id and lo in sent_starts and hi in sent_ends
+        next_id = hi
+        if k + 1 < len(rows):
+            new_doc = hi in doc_first
+            if doc_sentences and new_doc:
+                continue
+            assert n + lengths[hi] + new_doc > 64
+    assert next_id == max(hi for _, hi in doc_of.values())
+
+
+def test_a_sentence_longer_than_a_row_is_cut_into_full_rows():
+    long = np.arange(5, 205, dtype=np.int32)                 # 200 tokens, rows hold 30
+    docs = [[np.arange(300, 310, dtype=np.int32)], [long], [np.arange(400, 405, dtype=np.int32)]]
+    cfg = PrepareConfig(dupe_factor=1, max_seq_length=32, nsp=False)
+    table = create_block_instances(docs, cfg, TOY, 1, 0)
+    bodies = sorted((ids[1:-1] for ids, _, _ in _rows(table)), key=lambda b: b[b != 3][0])
+    assert all(len(b) + 2 <= 32 for b in bodies)
+    tokens = np.concatenate([b[b != TOY.sep_id] for b in bodies])
+    assert sorted(tokens.tolist()) == sorted(np.concatenate([d[0] for d in docs]).tolist())
+
+
+def test_static_no_nsp_passes_repeat_the_rows_with_other_masks():
+    docs, _ = _toy_documents()
+    one = create_block_instances(docs, PrepareConfig(dupe_factor=1, nsp=False), TOY, 1, 0)
+    three = create_block_instances(docs, PrepareConfig(dupe_factor=3, nsp=False), TOY, 1, 0)
+    assert three.num_rows == 3 * one.num_rows
+    originals = sorted(tuple(r[0]) for r in _rows(three))
+    assert originals == sorted(tuple(r[0]) for r in _rows(one) for _ in range(3))
 
 
 def test_a_single_document_block_still_makes_pairs():
