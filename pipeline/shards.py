@@ -1,8 +1,10 @@
 """The three passes of `prepare`, as pure functions over one file, one block, one shard.
 
-1. `tokenize_file`: read one input file, tokenize its sentences, and deal its documents into
-   shuffle blocks by a seeded hash (a global shuffle that needs no global memory). Each
-   (block, file) pair becomes one Parquet piece under `WORK/tokens/`; with whole-word
+1. `tokenize_file`: read one input file (or one line-aligned part of a large one,
+   `pipeline.read.Part`), tokenize its sentences, and deal its documents into shuffle blocks
+   by a seeded hash of where they start (a global shuffle that needs no global memory and
+   does not depend on how files are split). Each (block, file part) pair becomes one
+   Parquet piece under `WORK/tokens/`; with whole-word
    masking it carries each token's word-start flag next to its id (`pipeline.masking`).
 2. `build_block`: gather one block's documents in hash order, make the NSP pairs and masks
    (`pipeline.instances`), and write its instances by length bin under `WORK/instances/`.
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.config import PrepareConfig
 from pipeline.instances import create_block_instances_flat
 from pipeline.masking import word_starts_from_pieces
-from pipeline.read import FileStats, read_documents
+from pipeline.read import WHOLE, FileStats, Part, read_part
 from pipeline.schema import instance_schema, length_bin
 from pipeline.segment import encode_with_word_starts, load_segmenter
 from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
@@ -48,9 +50,10 @@ PIECE_FLUSH_TOKENS = 4_000_000
 ROW_GROUP_ROWS = 16384
 
 
-def doc_key(seed: int, file_index: int, doc_index: int) -> int:
-    """A seeded 64-bit hash: the document's block (key % blocks) and its order inside it."""
-    digest = hashlib.blake2b(struct.pack("<qqq", seed, file_index, doc_index),
+def doc_key(seed: int, file_index: int, offset: int) -> int:
+    """A seeded 64-bit hash of where a document starts (file, byte offset or Parquet row):
+    the document's block (key % blocks) and its order inside it."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, file_index, offset),
                              digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -104,8 +107,10 @@ def _list_array(arrays, dtype) -> pa.ListArray:
 
 
 def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[str],
-                  num_blocks: int, work: str) -> dict:
-    """Pass 1 for one input file. Returns its stats (size, sha256, counts, skips)."""
+                  num_blocks: int, work: str, part: Part = WHOLE) -> dict:
+    """Pass 1 for one input file, or one part of it. Returns its stats (size and sha256
+    from part 0, counts, skips). A document's key hashes where it starts in the file, so
+    its block and its place there are the same however the file is split."""
     tokenizer = build_tokenizer(vocab, cfg.do_lower_case)
     info = VocabInfo.from_vocab(vocab) if cfg.do_whole_word_mask else None
     segment = load_segmenter(cfg.word_segmenter) \
@@ -113,12 +118,12 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     stats = FileStats(path)
     writers: dict[int, _PieceWriter] = {}
     docs: list[list[str]] = []
+    doc_offsets: list[int] = []
     pending = 0
-    doc_index = 0
     tokens = 0
 
     def encode_pending():
-        nonlocal doc_index, tokens
+        nonlocal tokens
         sentences = [s for d in docs for s in d]
         if segment is not None:
             ids, lengths, starts = encode_with_word_starts(tokenizer, sentences,
@@ -128,32 +133,35 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
             starts = word_starts_from_pieces(ids, info) if info is not None else None
         ends = np.cumsum(lengths)
         sent_start = 0
-        for d in docs:
+        for d, offset in zip(docs, doc_offsets, strict=True):
             n = len(d)
             lens = lengths[sent_start:sent_start + n]
             lo = int(ends[sent_start] - lens[0]) if n else 0
             hi = int(ends[sent_start + n - 1]) if n else 0
             sent_start += n
-            key = doc_key(cfg.random_seed, file_index, doc_index)
-            doc_index += 1
+            key = doc_key(cfg.random_seed, file_index, offset)
             kept = lens[lens > 0]
             if len(kept) == 0:
                 stats.skipped["document with no tokens"] += 1
                 continue
             block = key % num_blocks
             if block not in writers:
-                writers[block] = _PieceWriter(
-                    join(work, "tokens", f"block-{block:05d}", f"file-{file_index:06d}.parquet"))
+                writers[block] = _PieceWriter(join(
+                    work, "tokens", f"block-{block:05d}",
+                    f"file-{file_index:06d}-{part.index:05d}.parquet"))
             writers[block].add(key, ids[lo:hi], kept.astype(np.int32),
                                None if starts is None else starts[lo:hi])
             tokens += hi - lo
         docs.clear()
+        doc_offsets.clear()
         if sum(w.tokens for w in writers.values()) >= PIECE_FLUSH_TOKENS:
             for w in writers.values():  # memory stays bounded whatever the file's size
                 w.flush()
 
-    for doc in read_documents(path, cfg.format, stats, cfg.text_field, cfg.text_column):
+    for offset, doc in read_part(path, cfg.format, stats, cfg.text_field, cfg.text_column,
+                                 part):
         docs.append(doc)
+        doc_offsets.append(offset)
         pending += len(doc)
         if pending >= ENCODE_BATCH_SENTENCES:
             encode_pending()
@@ -161,7 +169,7 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     encode_pending()
     for w in writers.values():
         w.close()
-    return {"path": path, "size": stats.size, "sha256": stats.sha256,
+    return {"path": path, "part": part.index, "size": stats.size, "sha256": stats.sha256,
             "documents": stats.documents, "sentences": stats.sentences, "tokens": tokens,
             "skipped": dict(stats.skipped)}
 
