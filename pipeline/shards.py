@@ -84,8 +84,9 @@ class _PieceWriter:
         if self.writer is None:
             fs, inner = filesystem(self.path)
             ensure_parent(self.path)
-            self.writer = pq.ParquetWriter(inner, schema, filesystem=fs,
-                                             compression="none")  # scratch: read once
+            # scratch, read once: no compression, no dictionary pages (≈ 2x faster to write)
+            self.writer = pq.ParquetWriter(inner, schema, filesystem=fs, compression="none",
+                                           use_dictionary=False)
         self.writer.write_table(table)
         self.rows, self.tokens = [], 0
 
@@ -206,7 +207,7 @@ def build_block(block_id: int, cfg: PrepareConfig, vocab: VocabInfo, work: str) 
         path = join(work, "instances", f"bin-{int(b):04d}", f"block-{block_id:05d}.parquet")
         ensure_parent(path)
         pq.write_table(instances.slice(lo, hi - lo), filesystem(path)[1], filesystem=fs_out,
-                       compression="none")
+                       compression="none", use_dictionary=False)
         rows_per_bin[int(b)] = int(hi - lo)
     labels = instances.column("next_sentence_label").to_numpy()
     masked = pc.list_value_length(instances.column("masked_lm_ids")).to_numpy()

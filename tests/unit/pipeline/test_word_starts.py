@@ -185,7 +185,7 @@ def test_pass_one_stores_word_starts_only_for_whole_word_masking_and_pass_two_us
                             dupe_factor=2, max_seq_length=32)
         work = str(tmp_path / f"work-{wwm}")
         tokenize_file(0, str(corpus), cfg, TOY, 1, work)
-        piece = pq.read_table(f"{work}/tokens/block-00000/file-000000.parquet")
+        piece = pq.read_table(f"{work}/tokens/block-00000/file-000000-00000.parquet")
         assert ("word_starts" in piece.column_names) == wwm
         if wwm:
             ids = piece.column("ids").combine_chunks().values.to_numpy()
