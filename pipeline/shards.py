@@ -35,7 +35,7 @@ from pipeline.read import WHOLE, FileStats, Part, read_part
 from pipeline.schema import instance_schema, length_bin
 from pipeline.segment import encode_with_word_starts, load_segmenter
 from pipeline.storage import ensure_parent, filesystem, join, list_names, upload_atomic
-from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences
+from pipeline.tokenizer import AsciiPath, VocabInfo, build_tokenizer, encode_sentences
 
 TOKENS_SCHEMA = pa.schema([
     pa.field("doc_key", pa.uint64(), nullable=False),
@@ -113,6 +113,7 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
     from part 0, counts, skips). A document's key hashes where it starts in the file, so
     its block and its place there are the same however the file is split."""
     tokenizer = build_tokenizer(vocab, cfg.do_lower_case)
+    ascii_path = AsciiPath.build(vocab, cfg.do_lower_case)
     info = VocabInfo.from_vocab(vocab) if cfg.do_whole_word_mask else None
     segment = load_segmenter(cfg.word_segmenter) \
         if info is not None and cfg.word_segmenter else None
@@ -130,7 +131,7 @@ def tokenize_file(file_index: int, path: str, cfg: PrepareConfig, vocab: list[st
             ids, lengths, starts = encode_with_word_starts(tokenizer, sentences,
                                                            info.is_subword, segment)
         else:
-            ids, lengths = encode_sentences(tokenizer, sentences)
+            ids, lengths = encode_sentences(tokenizer, sentences, ascii_path)
             starts = word_starts_from_pieces(ids, info) if info is not None else None
         ends = np.cumsum(lengths)
         sent_start = 0
