@@ -161,8 +161,10 @@ def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> l
     return by_id
 
 
-# ASCII punctuation: what BertPreTokenizer splits off in printable ASCII text
-_ASCII_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+# ASCII punctuation, what BertPreTokenizer splits off in printable ASCII text, spaced out
+# (str.translate: C speed, where re.sub expands a template per match)
+_SPACE_PUNCT = {c: f" {chr(c)} " for r in ((33, 47), (58, 64), (91, 96), (123, 126))
+                for c in range(r[0], r[1] + 1)}
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class AsciiPath:
     """The same ids for printable ASCII sentences, ≈ 2x faster: for such text BERT's
     normalizer only lower-cases (no control characters, accents or CJK to handle), and its
     pre-tokenizer splits at spaces and ASCII punctuation. So the text is lower-cased and its
-    punctuation spaced out with one regex over the whole batch, and a tokenizer with no
+    punctuation spaced out in one pass over the whole batch, and a tokenizer with no
     normalizer splits it at whitespace. (Measured on Wikipedia, one core: 440k tokens/s
     through the full tokenizer, 730k without its normalizer, 1.1M with whitespace splitting.)
     """
@@ -189,7 +191,7 @@ class AsciiPath:
         text = "\n".join(sentences)
         if self.do_lower_case:
             text = text.lower()
-        spaced = _ASCII_PUNCT.sub(r" \1 ", text).split("\n")
+        spaced = text.translate(_SPACE_PUNCT).split("\n")
         return [e.ids for e in self.tokenizer.encode_batch_fast(spaced,
                                                                 add_special_tokens=False)]
 
