@@ -161,10 +161,10 @@ def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> l
     return by_id
 
 
-# ASCII punctuation, what BertPreTokenizer splits off in printable ASCII text, spaced out
-# (str.translate: C speed, where re.sub expands a template per match)
-_SPACE_PUNCT = {c: f" {chr(c)} " for r in ((33, 47), (58, 64), (91, 96), (123, 126))
-                for c in range(r[0], r[1] + 1)}
+# ASCII punctuation, what BertPreTokenizer splits off in printable ASCII text. Spaced out
+# by splitting on it and joining with spaces: measured 1.6x faster than re.sub (a template
+# expanded per match) and 2x faster than str.translate with a dict.
+_ASCII_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,8 @@ class AsciiPath:
     normalizer only lower-cases (no control characters, accents or CJK to handle), and its
     pre-tokenizer splits at spaces and ASCII punctuation. So the text is lower-cased and its
     punctuation spaced out in one pass over the whole batch, and a tokenizer with no
-    normalizer splits it at whitespace. (Measured on Wikipedia, one core: 440k tokens/s
-    through the full tokenizer, 730k without its normalizer, 1.1M with whitespace splitting.)
+    normalizer splits it at whitespace. (Measured on 20k Wikipedia sentences, one core:
+    1.17 s through the full tokenizer, 0.73 s without its normalizer, 0.56 s this way.)
     """
     tokenizer: Tokenizer
     do_lower_case: bool
@@ -191,7 +191,7 @@ class AsciiPath:
         text = "\n".join(sentences)
         if self.do_lower_case:
             text = text.lower()
-        spaced = text.translate(_SPACE_PUNCT).split("\n")
+        spaced = " ".join(_ASCII_PUNCT.split(text)).split("\n")
         return [e.ids for e in self.tokenizer.encode_batch_fast(spaced,
                                                                 add_special_tokens=False)]
 
