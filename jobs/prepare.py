@@ -194,12 +194,15 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
         if ray_:
             with ray_session(cfg.address, worker_env([*cfg.input, cfg.output, cfg.vocab]),
                              log_to_driver=False):
-                return _prepare(cfg, files, ray_mapper(), started)
+                import ray
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                return _prepare(cfg, files, ray_mapper(), started, cpus)
     return _prepare(cfg, files, mapper or local_mapper, started)
 
 
 def _prepare(cfg: PrepareConfig, files: list[tuple[str, int]], mapper: Mapper,
-             started: float) -> Manifest:
+             started: float, cpus: int = 1) -> Manifest:
+    """The job on `mapper`; `cpus` (the cluster's) only sets how finely files are split."""
     for path, _ in files[:1]:
         check_first_record(path, cfg.format, cfg.text_field, cfg.text_column)
     total_bytes = sum(size for _, size in files)
@@ -218,10 +221,14 @@ def _prepare(cfg: PrepareConfig, files: list[tuple[str, int]], mapper: Mapper,
     work = join(cfg.output, "_work")
 
     num_blocks = max(1, math.ceil(total_bytes / cfg.block_bytes))
+    # parts of at most --split-bytes, and on a cluster small enough for 4 per CPU (the
+    # output is the same for any split)
+    split = cfg.split_bytes if cpus <= 1 else \
+        max(1 << 20, min(cfg.split_bytes, total_bytes // (4 * cpus)))
     parts = [{"index": i, "path": p, "part": part.index, "start": part.start,
               "end": -1 if part.end is None else part.end}
              for i, (p, size) in enumerate(files)
-             for part in plan_parts(p, size, cfg.format, cfg.split_bytes)]
+             for part in plan_parts(p, size, cfg.format, split)]
     log(f"pass 1/3: tokenizing {len(files)} file(s) in {len(parts)} part(s) into "
         f"{num_blocks} shuffle block(s)")
     file_stats = _per_file(mapper(

@@ -77,8 +77,9 @@ class PrepareConfig:
     """With --executor auto: inputs up to this many bytes run in this process (Ray's start-up
     costs more than it saves below it)"""
     split_bytes: int = 16_000_000
-    """Input files larger than this are tokenized in line-aligned byte ranges of about this
-    size, in parallel (compressed files: ranges of the decompressed stream)"""
+    """Input files larger than this are tokenized in line-aligned parts of at most this
+    size, in parallel (on Ray also small enough for 4 parts per CPU; compressed files:
+    parts of the decompressed text)"""
 
     @property
     def passes(self) -> int:
