@@ -224,7 +224,7 @@ def _prepare(cfg: PrepareConfig, files: list[tuple[str, int]], mapper: Mapper,
     # parts of at most --split-bytes, and on a cluster small enough for 4 per CPU (the
     # output is the same for any split)
     split = cfg.split_bytes if cpus <= 1 else \
-        max(1 << 20, min(cfg.split_bytes, total_bytes // (4 * cpus)))
+        min(cfg.split_bytes, max(1 << 20, total_bytes // (4 * cpus)))
     parts = [{"index": i, "path": p, "part": part.index, "start": part.start,
               "end": -1 if part.end is None else part.end}
              for i, (p, size) in enumerate(files)
