@@ -143,16 +143,15 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray,
         r1 = min(r0 + BATCH_ROWS, len(lengths))
         lens = lengths[r0:r1]
         width = int(lens.max()) if len(lens) else 0
-        # the batch as a (rows, width) matrix padded with [PAD] (a special: never chosen)
-        starts = offsets[r0:r1] - offsets[r0]
-        rows = np.repeat(np.arange(r1 - r0), lens)
-        cols = np.arange(offsets[r1] - offsets[r0]) - np.repeat(starts, lens)
+        # the batch as a (rows, width) matrix padded with [PAD] (a special: never chosen);
+        # a boolean mask assignment fills the valid cells in row-major order
+        valid = np.arange(width) < lens[:, None]
         tok2d = np.full((r1 - r0, width), vocab.pad_id, dtype=tokens.dtype)
-        tok2d[rows, cols] = tokens[offsets[r0]:offsets[r1]]
+        tok2d[valid] = tokens[offsets[r0]:offsets[r1]]
         starts2d = None
         if word_starts is not None and cfg.do_whole_word_mask:
             starts2d = np.ones((r1 - r0, width), dtype=np.bool_)
-            starts2d[rows, cols] = word_starts[offsets[r0]:offsets[r1]]
+            starts2d[valid] = word_starts[offsets[r0]:offsets[r1]]
         chosen = _mask_rows(tok2d, lens, draws.keys(r0, r1, width), cfg, vocab, starts2d)
         prow, pcol = np.nonzero(chosen)   # row-major: ascending positions within each row
         pos_parts.append((prow + r0, pcol))
