@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jobs.prepare import prepare
 from pipeline.config import PrepareConfig
@@ -145,14 +146,15 @@ def dynamic_data(tmp_path_factory, wiki_jsonl, bert_vocab):
     return out
 
 
-def _loader(path, world=1, rank=0, batch=4):
+def _loader(path, world=1, rank=0, batch=4, packing=False):
     ds = open_dataset(str(path))
     train, _ = split_holdout(ds.shards, 1)
-    return PretrainLoader(ds, train, batch, rank=rank, world_size=world, seed=5, prefetch=False)
+    return PretrainLoader(ds, train, batch, rank=rank, world_size=world, seed=5, prefetch=False,
+                          packing=packing)
 
 
 def _by_sample(batches):
-    """sample id -> (input ids, MLM positions, MLM ids) of the batches, per epoch order."""
+    """(sample id, input ids, MLM positions, MLM ids) of every instance of unpacked batches."""
     out = []
     for b in batches:
         for i, sid in enumerate(b.sample_ids):
@@ -162,6 +164,15 @@ def _by_sample(batches):
                         tuple(b.masked_lm_positions[i][keep].tolist()),
                         tuple(b.masked_lm_ids[i][keep].tolist())))
     return out
+
+
+def _same_batches(a, b) -> bool:
+    names = ("input_ids", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
+             "position_ids")
+    return len(a) == len(b) and all(
+        (x.sample_ids == y.sample_ids).all() and all(
+            (getattr(x, n) is None and getattr(y, n) is None) or
+            torch.equal(getattr(x, n), getattr(y, n)) for n in names) for x, y in zip(a, b))
 
 
 def test_prepare_dynamic_writes_each_instance_once_unmasked_with_word_starts(dynamic_data):
@@ -184,15 +195,19 @@ def test_prepare_dynamic_writes_each_instance_once_unmasked_with_word_starts(dyn
     assert len(set(rows)) == len(rows)
 
 
-def test_loader_masks_per_epoch_and_a_resume_mid_epoch_repeats_the_run(dynamic_data):
-    loader = _loader(dynamic_data)
+@pytest.mark.parametrize("packing", [False, True])
+def test_loader_masks_per_epoch_and_a_resume_mid_epoch_repeats_the_run(dynamic_data, packing):
+    loader = _loader(dynamic_data, packing=packing)
     per_epoch = loader.batches_per_epoch(0)
     it = loader.iterate()
     run = [next(it) for _ in range(per_epoch + per_epoch // 2)]    # 1.5 epochs
     for start in (per_epoch // 3, per_epoch + 2):                  # mid epoch 0 and epoch 1
-        it = _loader(dynamic_data).iterate(start=start)
+        it = _loader(dynamic_data, packing=packing).iterate(start=start)
         resumed = [next(it) for _ in range(len(run) - start)]
-        assert _by_sample(resumed) == _by_sample(run[start:])
+        assert _same_batches(resumed, run[start:])
+    if packing:
+        assert all(b.packed for b in run)
+        return
     # epoch 1 masks the same instances anew
     first = {s: m for s, *m in _by_sample(run[:per_epoch])}
     second = {s: m for s, *m in _by_sample(run[per_epoch:])}
