@@ -4,8 +4,8 @@ Prints K decoded instances (tokens with their masks, `[MASK]{original}`, the seg
 boundary, NotNext) and statistics over every shard: instances, tokens, the masked share and
 how the masked tokens were replaced ([MASK] / random / kept), NotNext, short rows (under 90%
 of max_seq_length), mean length, the length histogram, and the padding a batch size costs
-(batches of B rows drawn at random from one length bin, padded to their longest row, as the
-loader makes them). Dynamic outputs are masked as the loader masks them in epoch N
+(the loader's batches of epoch N on one worker, `PretrainLoader.padding`: B rows of one
+length bin padded to their longest row, or with `--packing` packed rows). Dynamic outputs are masked as the loader masks them in epoch N
 (`--epoch`); static outputs hold their masks, so the epoch changes nothing there.
 `--json` ends the output with one JSON object; its `masks_sha256` is the sha256 of, shard by
 shard in manifest order, the per-instance prediction counts (uint32 LE), then all masked
@@ -24,22 +24,20 @@ import numpy as np
 
 from pipeline.dataset import ShardData, open_dataset, read_shard
 from pipeline.dynamic import masker_for
-from pipeline.schema import length_bin
 from pipeline.tokenizer import VocabInfo, load_vocab
 
 
 class _Totals:
     """Running sums over shards."""
 
-    def __init__(self, max_seq_length: int, hist_width: int, bin_size: int):
-        self.max_len, self.width, self.bin_size = max_seq_length, hist_width, bin_size
+    def __init__(self, max_seq_length: int, hist_width: int):
+        self.max_len, self.width = max_seq_length, hist_width
         self.instances = self.tokens = self.predictions = 0
         self.mask = self.kept = self.not_next = self.short = 0
-        self.padded = self.real = 0
         self.hist = np.zeros(-(-max_seq_length // hist_width), dtype=np.int64)
         self.digest = hashlib.sha256()
 
-    def add(self, shard: ShardData, vocab: VocabInfo, batch_size: int, seed: int) -> None:
+    def add(self, shard: ShardData, vocab: VocabInfo) -> None:
         n = shard.num_tokens
         self.instances += shard.rows
         self.tokens += int(n.sum())
@@ -55,19 +53,6 @@ class _Totals:
         self.digest.update(counts.astype("<u4").tobytes())
         self.digest.update(shard.mlm_pos.astype("<u2").tobytes())
         self.digest.update(shard.mlm_ids.astype("<i4").tobytes())
-        self._padding(n, batch_size, np.random.default_rng([seed, shard.index]))
-
-    def _padding(self, n: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
-        """Padding of full batches of `batch_size` random rows of one length bin (rows of a
-        shard are ordered by bin: runs of equal bin)."""
-        bins = np.flatnonzero(np.diff(length_bin(n, self.bin_size)) != 0) + 1
-        for part in np.split(n, bins):
-            usable = len(part) // batch_size * batch_size
-            if usable == 0:
-                continue
-            batches = rng.permutation(part)[:usable].reshape(-1, batch_size)
-            self.real += int(batches.sum())
-            self.padded += int(batches.max(axis=1).sum()) * batch_size
 
     def summary(self) -> dict:
         p = max(self.predictions, 1)
@@ -80,11 +65,21 @@ class _Totals:
             "not_next_frac": self.not_next / max(self.instances, 1),
             "short_frac": self.short / max(self.instances, 1),
             "mean_len": self.tokens / max(self.instances, 1),
-            "padding_frac": 1 - self.real / self.padded if self.padded else 0.0,
             "length_hist": {f"{i * self.width + 1}-{(i + 1) * self.width}": int(c)
                             for i, c in enumerate(self.hist) if c},
             "masks_sha256": self.digest.hexdigest(),
         }
+
+
+def _padding(ds, epoch: int, batch_size: int, packing: bool) -> float | None:
+    """Padding of the loader's batches in `epoch` on one worker (None: no batch fits)."""
+    from pipeline.errors import InputError
+    from pipeline.loader import PretrainLoader
+    try:
+        loader = PretrainLoader(ds, ds.shards, batch_size, prefetch=False, packing=packing)
+    except InputError:   # the batch is larger than every length bin
+        return None
+    return loader.padding(epoch, rounds=None)["padding_fraction"]
 
 
 def _decode(shard: ShardData, r: int, vocab: list[str], nsp: bool) -> list[str]:
@@ -104,7 +99,7 @@ def _decode(shard: ShardData, r: int, vocab: list[str], nsp: bool) -> list[str]:
 
 
 def inspect(output: str, epoch: int = 0, show: int = 3, batch_size: int = 32,
-            seed: int = 0, out=None) -> dict:
+            packing: bool = False, out=None) -> dict:
     """Print `show` decoded instances and the statistics (to `out`, default stdout); returns
     the statistics."""
     out = out or sys.stdout
@@ -113,7 +108,7 @@ def inspect(output: str, epoch: int = 0, show: int = 3, batch_size: int = 32,
     vocab = VocabInfo.from_vocab(vocab_list)
     masker = masker_for(ds)
     width = ds.bin_size or 16
-    totals = _Totals(ds.max_seq_length, width, ds.bin_size)
+    totals = _Totals(ds.max_seq_length, width)
     total_rows = sum(s.rows for s in ds.shards)
     # the instances shown: evenly spaced over the whole dataset (short and long rows)
     picks = set(np.linspace(0, total_rows - 1, num=min(show, total_rows)).astype(int).tolist()) \
@@ -130,16 +125,19 @@ def inspect(output: str, epoch: int = 0, show: int = 3, batch_size: int = 32,
         for g in sorted(p for p in picks if first <= p < first + meta.rows):
             print(f"shard {meta.index} " + "\n".join(_decode(shard, g - first, vocab_list,
                                                               ds.nsp)), file=out)
-        totals.add(shard, vocab, batch_size, seed)
+        totals.add(shard, vocab)
         first += meta.rows
     stats = {"output": output, "masking": mode, "epoch": epoch if masker else None,
-             "batch_size": batch_size, **totals.summary()}
+             "batch_size": batch_size, "packing": packing, **totals.summary(),
+             "padding_frac": _padding(ds, epoch, batch_size, packing)}
     print(f"instances {stats['instances']}, tokens {stats['tokens']}, mean length "
           f"{stats['mean_len']:.1f}, short (< 90% of {ds.max_seq_length}) "
           f"{stats['short_frac']:.1%}, NotNext {stats['not_next_frac']:.1%}", file=out)
     print(f"masked {stats['masked_frac']:.2%} of tokens: [MASK] {stats['mask_token_frac']:.1%}, "
           f"random {stats['random_token_frac']:.1%}, kept {stats['kept_frac']:.1%}", file=out)
-    print(f"padding at batch size {batch_size}: {stats['padding_frac']:.1%}", file=out)
+    pad = stats["padding_frac"]
+    print(f"padding at batch size {batch_size}{', packed' if packing else ''}: "
+          + ("no batch fits" if pad is None else f"{pad:.1%}"), file=out)
     top = max(stats["length_hist"].values(), default=1)
     for span, count in stats["length_hist"].items():
         print(f"  {span:>9} {count:>9} {'#' * max(1, round(40 * count / top))}", file=out)
@@ -154,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the epoch whose masks a dynamic output shows (default 0)")
     p.add_argument("--show", type=int, default=3, help="instances to decode (default 3)")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="batch size of the padding estimate (default 32)")
+                   help="micro-batch size of the padding figure (default 32)")
+    p.add_argument("--packing", action="store_true", help="padding of packed batches")
     p.add_argument("--json", action="store_true", help="end with the statistics as JSON")
     args = p.parse_args(argv)
     if args.epoch < 0 or args.show < 0 or args.batch_size < 1:
         p.error("--epoch and --show must be >= 0, --batch-size >= 1")
-    stats = inspect(args.output, args.epoch, args.show, args.batch_size)
+    stats = inspect(args.output, args.epoch, args.show, args.batch_size, args.packing)
     if args.json:
         print(json.dumps(stats), flush=True)
     return 0
