@@ -4,7 +4,9 @@ A document is a list of normalized sentences. Bad input never raises from here: 
 is not UTF-8, a binary or empty file, an over-long line, a record without the text field is
 a counted skip with its reason (recorded in the manifest). Only problems that mean the user
 named the wrong thing (a Parquet file without the text column) raise `InputError`.
-The raw bytes are hashed while they are read, so checksums cost no second pass.
+The raw bytes are hashed while they are read, so checksums cost no second pass. A large file
+can be read as line-aligned parts by separate tasks (`Part`, `plan_parts`); each document
+comes with a key, where it starts, that does not depend on the parts.
 """
 from __future__ import annotations
 
