@@ -50,6 +50,7 @@ JOBS = {
 }
 TOOLS = {  # commands with their own arguments: module.main(argv)
     "workflow": ("jobs.workflow", "prepare -> pretrain -> finetune -> evaluate, idempotent"),
+    "inspect": ("jobs.inspect", "decode instances of a prepare output and count its statistics"),
     "demo": ("jobs.demo", "the whole workflow on embedded defaults (what `make demo` runs)"),
     "submit": ("jobs.submit", "submit a bertpipe command as a Ray job"),
     "cluster": ("jobs.cluster", "start/stop a local multi-node Ray cluster and MLflow server"),

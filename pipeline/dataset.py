@@ -124,6 +124,8 @@ class ShardData:
     segment_b_start: np.ndarray
     nsp_label: np.ndarray
     num_tokens: np.ndarray
+    word_starts: np.ndarray | None = None
+    """(total_tokens,) uint8 whole-word group starts (dynamic masking with whole words)"""
 
     @property
     def rows(self) -> int:
@@ -141,8 +143,10 @@ def read_shard(ds: Dataset, meta: ShardMeta, bin_size: int | None = None) -> Sha
     """Read a whole shard and check it against its manifest entry (rows, bins ascending)."""
     path = join(ds.path, meta.file)
     fs, inner = filesystem(path)
+    with_starts = bool(ds.manifest.masking.get("word_starts"))
     try:
-        table = pq.read_table(inner, filesystem=fs, columns=list(COLUMNS))
+        table = pq.read_table(inner, filesystem=fs,
+                              columns=[*COLUMNS, *(["word_starts"] if with_starts else [])])
     except (OSError, FileNotFoundError) as e:
         raise InputError(f"shard {path}: cannot read it ({str(e).splitlines()[0]})") from None
     except Exception as e:  # pyarrow raises ArrowInvalid for a damaged or foreign file
@@ -155,7 +159,8 @@ def read_shard(ds: Dataset, meta: ShardMeta, bin_size: int | None = None) -> Sha
     data = ShardData(meta.index, ids, ids_off, pos, mids, mlm_off,
                      table.column("segment_b_start").to_numpy().astype(np.int64),
                      table.column("next_sentence_label").to_numpy().astype(np.int64),
-                     table.column("num_tokens").to_numpy().astype(np.int64))
+                     table.column("num_tokens").to_numpy().astype(np.int64),
+                     _list_column(table, "word_starts")[0] if with_starts else None)
     if data.rows != meta.rows:
         raise InputError(f"shard {path}: {data.rows} rows but the manifest says {meta.rows}; "
                          "the data directory is inconsistent, re-run `bertpipe prepare`")

@@ -30,7 +30,10 @@ B = 8 (16% at seq 128, 20% at 512: few instances to combine) and less from B = 3
 was measured too and is never the best of the three, so it is not offered.
 
 Batches take their form in one place, `make_batch` (rows of a shard -> instances -> packed
-or padded batch). With `prefetch`, a background thread reads the next shard and another
+or padded batch). For a dynamic dataset (`prepare --masking dynamic`) that is where the
+instances get their masks, for the batch's epoch (`pipeline.dynamic`): masks are a function
+of (seed, epoch, instance), so a resumed run sees the same ones and each epoch new ones;
+held-out data gets epoch 0's. With `prefetch`, a background thread reads the next shard and another
 builds the batches ahead of the training loop (pinned when they go to a GPU), so the loop
 only takes finished batches and their host-side counts.
 
@@ -47,12 +50,14 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
 
 from pipeline.batch import Batch, collate, collate_packed, concat
 from pipeline.dataset import Dataset, ShardData, ShardMeta, read_shard
+from pipeline.dynamic import Masker, masker_for
 from pipeline.errors import InputError
 from pipeline.packing import padded_slots, padding_fraction
 
@@ -155,13 +160,25 @@ class PretrainLoader:
         rng = _rng(self.seed, 3, rnd.epoch, meta.index)
         return {b: start + rng.permutation(n) for b, (start, n) in self._groups(meta).items()}
 
-    def make_batch(self, shard: ShardData, rows: np.ndarray) -> Batch:
+    @cached_property
+    def masker(self) -> Masker | None:
+        """Masks a dynamic dataset's instances (None: the shards hold their masks)."""
+        return masker_for(self.dataset)
+
+    def make_batch(self, shard: ShardData, rows: np.ndarray, epoch: int = 0) -> Batch:
         """Rows of a shard -> instances -> one packed or padded batch: where every planned
-        batch takes its form (a per-instance step, e.g. re-masking, goes before collation)."""
+        batch takes its form. Dynamic data is masked here, for `epoch`, before collation."""
+        rows = np.asarray(rows, dtype=np.int64)
+        taken, picked = shard, rows
+        if self.masker is not None:   # just these instances, masked: rows 0..B-1 of `taken`
+            taken, picked = self.masker.take(shard, rows, epoch), np.arange(len(rows))
         if self.packing:
-            return collate_packed(shard, rows, self.dataset.max_seq_length, self.dataset.nsp,
-                                  self.pad_to_multiple_of)
-        return collate(shard, rows, self.dataset.nsp, self.pad_to_multiple_of)
+            batch = collate_packed(taken, picked, self.dataset.max_seq_length,
+                                   self.dataset.nsp, self.pad_to_multiple_of)
+        else:
+            batch = collate(taken, picked, self.dataset.nsp, self.pad_to_multiple_of)
+        batch.sample_ids = (np.int64(shard.index) << 32) | rows   # ids in the shard
+        return batch
 
     def padding(self, epoch: int = 0, rounds: int | None = 1) -> dict:
         """Padding fractions of this rank's batches in the first `rounds` rounds of `epoch`
@@ -177,7 +194,7 @@ class PretrainLoader:
                 k = used.get(b, 0)
                 used[b] = k + 1
                 batch = self.make_batch(shard, rows[b][k * self.micro_batch_size:
-                                                       (k + 1) * self.micro_batch_size])
+                                                       (k + 1) * self.micro_batch_size], epoch)
                 real += batch.num_tokens
                 slots += batch.input_ids.numel()
                 unpacked += padded_slots(batch.seq_lens, self.pad_to_multiple_of)
@@ -236,7 +253,8 @@ class PretrainLoader:
                     b = int(b)
                     k = used[b] * self.micro_batch_size
                     used[b] += 1
-                    yield self.make_batch(shard, rows[b][k:k + self.micro_batch_size])
+                    yield self.make_batch(shard, rows[b][k:k + self.micro_batch_size],
+                                          rnd.epoch)
                 rnd, current, offset = nxt, upcoming, 0
         finally:
             if pool is not None:
@@ -311,6 +329,9 @@ def eval_batches(ds: Dataset, shards: list[ShardMeta], batch_size: int, rank: in
     which = np.searchsorted(starts, chosen, side="right") - 1
     local = chosen - starts[which]
     data = {shards[i].index: read_shard(ds, shards[i]) for i in np.unique(which)}
+    masker = masker_for(ds)
+    if masker is not None:  # the held-out sample is evaluated with fixed masks: epoch 0's
+        data = {k: masker.apply(v, 0) for k, v in data.items()}
     keys = np.array([data[shards[i].index].num_tokens[r] for i, r in zip(which, local)])
     order = np.argsort(keys, kind="stable")                     # by length: little padding
     which, local = which[order], local[order]

@@ -59,12 +59,18 @@ class Manifest:
     instances_per_bin: dict[str, int]
     shards: list[ShardEntry]
     seconds: float = 0.0
+    masking: dict = field(default_factory=dict)
+    """{"mode": "static" | "dynamic", "masked_lm_prob", "max_predictions_per_seq",
+    "do_whole_word_mask", "seed", "word_starts"}: with "dynamic" the loader masks with these
+    (`pipeline.dynamic`). Empty (and not written back) for older manifests: static"""
     extra: dict = field(default_factory=dict)
     """Keys this version does not know, kept as they were"""
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(out.pop("extra"))
+        if not out["masking"]:
+            del out["masking"]   # an older manifest reads and writes back as it was
         return out
 
     def to_json(self) -> str:

@@ -12,6 +12,11 @@ Instances are processed in batches laid out as a (rows, max_len) matrix, so the 
 numpy per batch, never Python per token. Never touches special tokens, never reorders or
 drops instances.
 
+Randomness comes from a `Draws` object: `SequentialDraws` (a numpy Generator consumed in
+order, what `prepare` uses for static masks; a Generator passed as `rng` is wrapped in one)
+or the counter-based draws of dynamic masking (`pipeline.dynamic`), where every instance's
+numbers depend on its own key alone. The selection rule is the same code either way.
+
 Word starts are the interface between whoever knows the words (the tokenizer, a word
 segmenter such as jieba for Chinese) and the masker: one uint8 per token, 1 where a new
 masking group begins. A candidate right after a non-candidate ([CLS], [SEP], the start of a
@@ -29,16 +34,36 @@ BATCH_ROWS = 4096
 how many instances a caller passes at once beyond this."""
 
 
+class SequentialDraws:
+    """The random numbers of static masking: one Generator, consumed batch by batch (group
+    order keys), then once for all predictions (80/10/10 and the random token)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def keys(self, r0: int, r1: int, width: int) -> np.ndarray:
+        """(r1 - r0, width) uniforms in [0, 1): the order in which groups are taken."""
+        return self.rng.random((r1 - r0, width))
+
+    def replacements(self, rows: np.ndarray, cols: np.ndarray, num_random: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Per prediction (row, position): a uniform in [0, 1) choosing [MASK]/kept/random,
+        and an index in [0, num_random) choosing the random token."""
+        u = self.rng.random(len(rows))
+        return u, self.rng.integers(0, num_random, size=len(rows))
+
+
 def word_starts_from_pieces(tokens: np.ndarray, vocab: VocabInfo) -> np.ndarray:
     """WordPiece word starts: uint8 per token, 0 on a "##" continuation, else 1."""
     return (~vocab.is_subword[tokens]).view(np.uint8)
 
 
-def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
+def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, key: np.ndarray,
                cfg: PrepareConfig, vocab: VocabInfo,
                starts2d: np.ndarray | None = None) -> np.ndarray:
     """Chosen positions of a padded batch: bool (rows, width), True = predict this token.
 
+    `key`: (rows, width) uniforms, the random order of the groups (Google's shuffle).
     `starts2d`: bool (rows, width) word starts (whole-word masking); None: from "##".
     """
     rows, width = tok2d.shape
@@ -51,12 +76,14 @@ def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
                                 ).astype(np.int64)
     # A uniform key per position; taking groups in ascending key order is Google's shuffle.
     # Float64 keys never tie in practice, so unstable sorts give a deterministic result.
-    key = rng.random((rows, width))
+    key = np.where(cand, key, 2.0)
     if not cfg.do_whole_word_mask:
         # One-token groups: the greedy rule takes the num_to_predict smallest keys, i.e.
-        # every candidate whose key is at most the row's num_to_predict-th smallest.
-        key[~cand] = 2.0
-        kth = np.sort(key, axis=1)[np.arange(rows), num_to_predict - 1]
+        # every candidate whose key is at most the row's num_to_predict-th smallest. Only
+        # the k = max(num_to_predict) smallest keys of a row matter: partition, then sort k.
+        k = min(int(num_to_predict.max()), width)
+        smallest = np.sort(np.partition(key, k - 1, axis=1)[:, :k], axis=1)
+        kth = smallest[np.arange(rows), num_to_predict - 1]
         return cand & (key <= kth[:, None])
 
     prev_cand = np.zeros_like(cand)
@@ -89,10 +116,15 @@ def _mask_rows(tok2d: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
     return cand & np.take_along_axis(chosen_head, head_of, axis=1)
 
 
-def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator,
-               cfg: PrepareConfig, vocab: VocabInfo, word_starts: np.ndarray | None = None
+def mask_batch(tokens: np.ndarray, offsets: np.ndarray,
+               rng: np.random.Generator | SequentialDraws, cfg: PrepareConfig,
+               vocab: VocabInfo, word_starts: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mask many instances given as flat tokens and row offsets (len rows + 1).
+
+    `rng`: a Generator (static masking: consumed in order) or any object with the methods
+    of `SequentialDraws` (dynamic masking's per-instance draws). `cfg` needs only
+    `masked_lm_prob`, `max_predictions_per_seq` and `do_whole_word_mask`.
 
     `word_starts` (uint8 or bool, same layout as `tokens`): the masking groups of whole-word
     masking (1 = a new group begins); None derives them from "##" pieces. Ignored without
@@ -103,6 +135,7 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
     ascending per instance; original ids at those positions; per-instance prediction
     offsets, len rows + 1). Positions and ids are flat in row order.
     """
+    draws = SequentialDraws(rng) if isinstance(rng, np.random.Generator) else rng
     masked = tokens.copy()
     lengths = np.diff(offsets)
     pos_parts, row_counts = [], []
@@ -110,17 +143,16 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
         r1 = min(r0 + BATCH_ROWS, len(lengths))
         lens = lengths[r0:r1]
         width = int(lens.max()) if len(lens) else 0
-        # the batch as a (rows, width) matrix padded with [PAD] (a special: never chosen)
-        starts = offsets[r0:r1] - offsets[r0]
-        rows = np.repeat(np.arange(r1 - r0), lens)
-        cols = np.arange(offsets[r1] - offsets[r0]) - np.repeat(starts, lens)
+        # the batch as a (rows, width) matrix padded with [PAD] (a special: never chosen);
+        # a boolean mask assignment fills the valid cells in row-major order
+        valid = np.arange(width) < lens[:, None]
         tok2d = np.full((r1 - r0, width), vocab.pad_id, dtype=tokens.dtype)
-        tok2d[rows, cols] = tokens[offsets[r0]:offsets[r1]]
+        tok2d[valid] = tokens[offsets[r0]:offsets[r1]]
         starts2d = None
         if word_starts is not None and cfg.do_whole_word_mask:
             starts2d = np.ones((r1 - r0, width), dtype=np.bool_)
-            starts2d[rows, cols] = word_starts[offsets[r0]:offsets[r1]]
-        chosen = _mask_rows(tok2d, lens, rng, cfg, vocab, starts2d)
+            starts2d[valid] = word_starts[offsets[r0]:offsets[r1]]
+        chosen = _mask_rows(tok2d, lens, draws.keys(r0, r1, width), cfg, vocab, starts2d)
         prow, pcol = np.nonzero(chosen)   # row-major: ascending positions within each row
         pos_parts.append((prow + r0, pcol))
         row_counts.append(np.bincount(prow, minlength=r1 - r0))
@@ -133,8 +165,8 @@ def mask_batch(tokens: np.ndarray, offsets: np.ndarray, rng: np.random.Generator
     where = offsets[prow] + pcol                     # flat index of every prediction
     original = tokens[where]
     # 80% [MASK]; of the rest, half unchanged, half a random non-special token.
-    u = rng.random(len(where))
-    random_tok = vocab.random_ids[rng.integers(0, len(vocab.random_ids), size=len(where))]
+    u, pick = draws.replacements(prow, pcol, len(vocab.random_ids))
+    random_tok = vocab.random_ids[pick]
     masked[where] = np.where(u < 0.8, vocab.mask_id, np.where(u < 0.9, original, random_tok))
     pred_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(counts, out=pred_offsets[1:])

@@ -57,7 +57,10 @@ def transport_params(path: str) -> dict:
 
 
 def open_binary(path: str):
-    """Raw bytes of `path`, no decompression (callers decompress, so they can checksum)."""
+    """Raw bytes of `path`, no decompression (callers decompress, so they can checksum).
+    Local files are plain (seekable) files: importing smart-open costs ≈ 0.5 s."""
+    if not is_remote(path):
+        return open(os.path.expanduser(path), "rb")
     import smart_open
     return smart_open.open(path, "rb", compression="disable",
                            transport_params=transport_params(path))

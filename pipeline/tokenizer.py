@@ -161,17 +161,62 @@ def train_vocab(texts: Iterable[str], vocab_size: int, do_lower_case: bool) -> l
     return by_id
 
 
-def encode_sentences(tokenizer: Tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+# ASCII punctuation, what BertPreTokenizer splits off in printable ASCII text. Spaced out
+# by splitting on it and joining with spaces: measured 1.6x faster than re.sub (a template
+# expanded per match) and 2x faster than str.translate with a dict.
+_ASCII_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+@dataclass(frozen=True)
+class AsciiPath:
+    """The same ids for printable ASCII sentences, ≈ 2x faster: for such text BERT's
+    normalizer only lower-cases (no control characters, accents or CJK to handle), and its
+    pre-tokenizer splits at spaces and ASCII punctuation. So the text is lower-cased and its
+    punctuation spaced out in one pass over the whole batch, and a tokenizer with no
+    normalizer splits it at whitespace. (Measured on 20k Wikipedia sentences, one core:
+    1.17 s through the full tokenizer, 0.73 s without its normalizer, 0.56 s this way.)
+    """
+    tokenizer: Tokenizer
+    do_lower_case: bool
+
+    @classmethod
+    def build(cls, vocab: list[str], do_lower_case: bool) -> "AsciiPath":
+        tok = Tokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
+                                  max_input_chars_per_word=100))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return cls(tok, do_lower_case)
+
+    def encode(self, sentences: list[str]) -> list[list[int]]:
+        """Ids of printable ASCII sentences (the caller checks; none holds a newline)."""
+        text = "\n".join(sentences)
+        if self.do_lower_case:
+            text = text.lower()
+        spaced = " ".join(_ASCII_PUNCT.split(text)).split("\n")
+        return [e.ids for e in self.tokenizer.encode_batch_fast(spaced,
+                                                                add_special_tokens=False)]
+
+
+def encode_sentences(tokenizer: Tokenizer, sentences: list[str],
+                     ascii_path: AsciiPath | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of `sentences`, no special tokens: (flat int32 ids, int32 length each).
 
-    A sentence that encodes to nothing keeps length 0 (the caller drops it).
+    A sentence that encodes to nothing keeps length 0 (the caller drops it). With
+    `ascii_path` (built from the same vocab and casing), printable ASCII sentences take it:
+    the same ids, faster.
     """
     # encode_batch_fast skips the character offsets we never use (≈ 10% faster than
     # encode_batch). Measured on 1 MB of Wikipedia (215k tokens, one core): encoding
     # ≈ 330-360 ms, then the .ids lists 11 ms and fromiter over chain 4 ms (vs 9 ms to
     # concatenate one array per sentence, 5 ms for np.array(list(chain))).
-    encodings = tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
-    ids = [e.ids for e in encodings]
+    if ascii_path is None:
+        encodings = tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+    else:
+        fast = [s.isascii() and s.isprintable() for s in sentences]
+        ids = iter(ascii_path.encode([s for s, f in zip(sentences, fast) if f]))
+        rest = iter(e.ids for e in tokenizer.encode_batch_fast(
+            [s for s, f in zip(sentences, fast) if not f], add_special_tokens=False))
+        ids = [next(ids) if f else next(rest) for f in fast]
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32,
                        count=int(lengths.sum()))

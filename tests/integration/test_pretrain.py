@@ -56,7 +56,22 @@ def s3_shards(wiki_shards, s3_server):
 
 
 @pytest.fixture(scope="module")
-def runs(workdir, wiki_shards, s3_shards, ray_local, mlflow_server):
+def dynamic_shards(workdir, wiki_jsonl, wiki_shards):
+    """400 Wikipedia sections prepared with dynamic masking (the fixture's vocab): small
+    enough that 40 steps run through about three epochs, each with its own masks."""
+    from jobs.prepare import prepare
+    from pipeline.config import PrepareConfig
+    src = workdir / "wiki-400.jsonl"
+    src.write_text("\n".join(wiki_jsonl.read_text().splitlines()[:400]) + "\n")
+    out = workdir / "dynamic128"
+    prepare(PrepareConfig(input=[str(src)], output=str(out), format="jsonl",
+                          vocab=str(Path(wiki_shards) / "vocab.txt"), masking="dynamic",
+                          num_shards=6, executor="local"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_server):
     """The module's runs, each trained once and shared by the tests that read it. Ray Train
     costs ~20 s per run on 2 cores, so tests read runs rather than start their own."""
     cache: dict[str, dict] = {}
@@ -71,6 +86,9 @@ def runs(workdir, wiki_shards, s3_shards, ray_local, mlflow_server):
                       packing=True, system_metrics_every=1.0),
         # killed after step 25 and restarted by Ray (checkpoint at 20)
         "failure": dict(fail_at_step=25, max_failures=1),
+        # dynamic masks: through several epochs, uninterrupted and restarted mid-epoch
+        "dynamic": dict(data=dynamic_shards),
+        "dynamic-failure": dict(data=dynamic_shards, fail_at_step=25, max_failures=1),
     }
 
     def get(name: str) -> dict:
@@ -124,6 +142,23 @@ def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir, 
     found = c.search_runs([c.get_experiment_by_name("bertpipe-pretrain").experiment_id],
                           filter_string="tags.`bertpipe.run_name` = 'resume'")
     assert [r.info.run_id for r in found] == [resumed["run_id"]]   # the same run, no duplicate
+
+
+def test_a_restart_in_a_later_epoch_of_dynamic_masks_repeats_the_uninterrupted_run(
+        runs, workdir, dynamic_shards):
+    from jobs.pretrain.config import PretrainConfig as Cfg
+    from pipeline.dataset import open_dataset, split_holdout
+    from pipeline.loader import PretrainLoader
+    ds = open_dataset(str(dynamic_shards))
+    train, _ = split_holdout(ds.shards, 1)
+    loader = PretrainLoader(ds, train, Cfg(batch_size=32, num_workers=2).micro_batch(),
+                            world_size=2)
+    per_epoch = loader.batches_per_epoch(0)
+    # 40 steps go through several epochs (new masks each); the kill is past epoch 0
+    assert per_epoch < 20 and loader.locate(20)[0] >= 1
+    uninterrupted, restarted = runs("dynamic"), runs("dynamic-failure")
+    assert restarted["metrics"]["attempts"] == 2 and restarted["metrics"]["resumed_from"] == 20
+    _same_run(uninterrupted, restarted, workdir)
 
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir):

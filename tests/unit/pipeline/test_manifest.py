@@ -34,8 +34,8 @@ def test_a_manifest_written_before_loads_typed_and_writes_back_the_same_json():
 
 
 def test_keys_a_newer_writer_adds_are_kept():
-    m = Manifest.from_json(json.dumps({**WRITTEN_BEFORE, "masking": "dynamic"}))
-    assert m.extra == {"masking": "dynamic"} and m.to_dict()["masking"] == "dynamic"
+    m = Manifest.from_json(json.dumps({**WRITTEN_BEFORE, "sampling": "temperature"}))
+    assert m.extra == {"sampling": "temperature"} and m.to_dict()["sampling"] == "temperature"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -186,7 +186,7 @@ def test_concatenated_packed_batches_get_the_segments_of_their_wider_grid(data):
 def test_an_error_while_building_batches_in_the_background_reaches_the_consumer(data,
                                                                                   monkeypatch):
     ld = loader_for(data, prefetch=True)
-    monkeypatch.setattr(ld, "make_batch", lambda shard, rows: 1 / 0)
+    monkeypatch.setattr(ld, "make_batch", lambda shard, rows, epoch=0: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         next(ld.iterate())
 
