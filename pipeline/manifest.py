@@ -38,6 +38,8 @@ class ShardEntry:
     rows_per_bin: dict[str, int]
     """Length bin -> rows, bins ascending as the rows are ordered in the file"""
     tokens: int = 0
+    size: int = 0
+    """Bytes of the file (0: a manifest written before sizes were recorded)"""
 
 
 @dataclass

@@ -77,7 +77,8 @@ def write_dataset(out: Path, num_shards=4, rows_per_shard=60, max_len=64, bin_si
             bins[b] = bins.get(b, 0) + 1
         shards.append({"file": name, "rows": len(rows),
                        "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
-                       "rows_per_bin": bins, "tokens": sum(r["num_tokens"] for r in rows)})
+                       "rows_per_bin": bins, "tokens": sum(r["num_tokens"] for r in rows),
+                       "size": (out / name).stat().st_size})
     vocab = "\n".join([*SPECIAL_TOKENS, *(f"t{i}" for i in range(len(SPECIAL_TOKENS), VOCAB))])
     (out / "vocab.txt").write_text(vocab + "\n")
     manifest = {"schema_version": SCHEMA_VERSION,

@@ -41,18 +41,48 @@ def _due(step: int, every: int, last: bool) -> bool:
     return last or bool(every and step % every == 0)
 
 
-def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
-    """Testing knob: the last rank kills its own process at fail_at_step, once per run (a
-    marker in the run's storage says it happened)."""
+def _fails_now(cfg, run_name: str, step: int, rank: int, world: int, saving: bool) -> bool:
+    """Testing knobs: is this the last rank at fail_at_step, for the first time in the run
+    (a marker in the run's storage says it happened)?"""
     from pipeline.storage import exists, join, write_file_atomic
-    if cfg.fail_at_step != step or rank != world - 1:
-        return
+    if cfg.fail_at_step != step or rank != world - 1 or cfg.fail_while_saving != saving:
+        return False
     marker = join(cfg.storage_path, run_name, f".fail-at-step-{step}.done")
     if exists(marker):
-        return
+        return False
     write_file_atomic(marker, b"killed\n")
-    _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
+    """Testing knob: the last rank kills its own process at fail_at_step, once per run."""
+    if _fails_now(cfg, run_name, step, rank, world, saving=False):
+        _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def torn_upload(cfg, run_name: str, step: int, rank: int, world: int):
+    """Testing knob (fail_while_saving): for the last rank at fail_at_step, a checkpoint
+    upload that writes half of one of its files, waits until rank 0's part (trainer state
+    included) is in storage, and kills its own process; else None (Ray uploads)."""
+    if not _fails_now(cfg, run_name, step, rank, world, saving=True):
+        return None
+
+    def upload(checkpoint, dir_name: str):
+        from jobs.pretrain.checkpoint import TRAINER_STATE
+        from pipeline.storage import exists, join, write_file_atomic
+        dest = join(cfg.storage_path, run_name, dir_name)
+        local = Path(checkpoint.path)
+        first = sorted(p for p in local.rglob("*") if p.is_file())[0]
+        body = first.read_bytes()
+        write_file_atomic(join(dest, *first.relative_to(local).parts), body[:len(body) // 2])
+        deadline = time.time() + 120
+        while not exists(join(dest, TRAINER_STATE)) and time.time() < deadline:
+            time.sleep(0.2)
+        _print(f"fail_while_saving at step {step}: rank {rank} dies halfway through its "
+               f"upload to {dest} (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return upload
 
 
 class Worker:
@@ -218,7 +248,9 @@ class Worker:
                               "eval": eval_metrics}
         ckpt.save(self.engine, self.cfg.zero_stage, self.state,
                   {"step": self.state.step, **(metrics or {})}, self.rank, self.vocab,
-                  self.ds.manifest.vocab.do_lower_case)
+                  self.ds.manifest.vocab.do_lower_case,
+                  upload=torn_upload(self.cfg, self.run_name, self.state.step, self.rank,
+                                     self.world))
 
     def train(self) -> dict | None:
         cfg, state = self.cfg, self.state
