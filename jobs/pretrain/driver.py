@@ -30,9 +30,9 @@ from jobs.train.runtime import (
     ray_session,
     secrets_env,
     settings_env,
+    share_secrets,
     storage_root,
     worker_env,
-    worker_runtime_env,
 )
 from jobs.train.sources import resolve_model
 from model import BertConfig
@@ -156,14 +156,13 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
         train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
                            "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
                            "init_dir": str(job.init_dir) if job.init_dir else None,
-                           "env": settings_env()},
+                           "env": settings_env(), "secrets": share_secrets(secrets)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=job.run_name, storage_path=cfg.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env=worker_runtime_env(secrets) if secrets else None))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as e:

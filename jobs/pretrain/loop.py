@@ -61,6 +61,23 @@ def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def maybe_hold(cfg, run_name: str, step: int, rank: int) -> None:
+    """Testing knob: after hold_at_step's checkpoint, rank 0 holds (once per run) so that a
+    test can inject a fault at a known point; it writes `.holding-at-step-N` in the run's
+    storage and goes on when `.release` appears there, or after 10 minutes."""
+    from pipeline.storage import exists, join, write_file_atomic
+    if cfg.hold_at_step != step or rank != 0:
+        return
+    holding = join(cfg.storage_path, run_name, f".holding-at-step-{step}")
+    if exists(holding):
+        return
+    write_file_atomic(holding, b"holding\n")
+    _print(f"hold_at_step={step}: rank 0 holds")
+    deadline = time.time() + 600
+    while not exists(join(cfg.storage_path, run_name, ".release")) and time.time() < deadline:
+        time.sleep(0.2)
+
+
 def torn_upload(cfg, run_name: str, step: int, rank: int, world: int):
     """Testing knob (fail_while_saving): for the last rank at fail_at_step, a checkpoint
     upload that writes half of one of its files, waits until rank 0's part (trainer state
@@ -277,6 +294,7 @@ class Worker:
                 eval_metrics = self.evaluate() or eval_metrics
             if _due(step, cfg.checkpoint_every, last):
                 self.save(metrics, eval_metrics)
+            maybe_hold(cfg, self.run_name, step, self.rank)
         return self.summary() if self.rank == 0 else None
 
     def summary(self) -> dict:
@@ -299,8 +317,9 @@ class Worker:
 
 def train_loop(loop_config: dict) -> dict | None:
     """Ray Train's entry point on every worker; rank 0 returns the run's final metrics."""
-    from jobs.train.runtime import apply_settings
+    from jobs.train.runtime import apply_secrets, apply_settings
     apply_settings(loop_config.get("env", {}))  # before DeepSpeed loads its ops
+    apply_secrets(loop_config.get("secrets"))   # the driver's credentials (S3, MLflow)
     # DeepSpeed calls torch's deprecated collective names on every step
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=".*(all_gather_into_tensor|reduce_scatter_tensor).*")
