@@ -93,7 +93,7 @@ def advice(cause: Cause, resume_step: int | None, where: str) -> str:
     again = (f"rerun the same command to resume from its last checkpoint (step {resume_step})"
              if resume_step else "rerun the same command to start again (no checkpoint yet)")
     if cause.kind == "user":
-        return "fix that and run again; rerunning as is cannot help"
+        return "fix that first: resuming as it is cannot help"
     if cause.kind == "disk_full":
         return f"free space on {where} (or lower --keep-checkpoints), then {again}"
     return again
