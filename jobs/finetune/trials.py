@@ -63,6 +63,11 @@ def fit_trial(job: TrialJob) -> dict:
     except ray.train.TrainingFailedError as e:
         # the error that explains the others, not Ray's "Training failed due to worker errors"
         raise TrialFailed(f"trial {job.name} failed: {root_cause(e).line[:300]}") from e
+    except Exception as e:  # local mode raises the loop's own error
+        cause = root_cause(e)
+        if not local or cause.kind == "user":  # bad input fails every trial: say so once
+            raise
+        raise TrialFailed(f"trial {job.name} failed: {cause.line[:300]}") from e
     out = result.return_value or {}
     checkpoint = result.checkpoint
     if local and out.get("best_dir"):

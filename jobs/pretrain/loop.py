@@ -64,7 +64,7 @@ def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
 def maybe_hold(cfg, run_name: str, step: int, rank: int) -> None:
     """Testing knob: after hold_at_step's checkpoint, rank 0 holds (once per run) so that a
     test can inject a fault at a known point; it writes `.holding-at-step-N` in the run's
-    storage and goes on when `.release` appears there, or after 10 minutes."""
+    storage and goes on when `.release-at-step-N` appears there, or after 10 minutes."""
     from pipeline.storage import exists, join, write_file_atomic
     if cfg.hold_at_step != step or rank != 0:
         return
@@ -74,7 +74,8 @@ def maybe_hold(cfg, run_name: str, step: int, rank: int) -> None:
     write_file_atomic(holding, b"holding\n")
     _print(f"hold_at_step={step}: rank 0 holds")
     deadline = time.time() + 600
-    while not exists(join(cfg.storage_path, run_name, ".release")) and time.time() < deadline:
+    release = join(cfg.storage_path, run_name, f".release-at-step-{step}")
+    while not exists(release) and time.time() < deadline:
         time.sleep(0.2)
 
 

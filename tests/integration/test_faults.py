@@ -1,21 +1,23 @@
 """Faults injected into real jobs, and what must survive them: nothing is lost.
 
-Pretraining (bert-tiny, 2 Ray Train workers on the session's local Ray, ZeRO 2, data read
-from moto S3 with distinctive fake credentials, checkpoints on a small tmpfs, metrics on
-a dedicated MLflow server) runs one run name three times, each with its fault:
-A. the last rank dies halfway through uploading checkpoint 20 (rank 0's part, trainer state
-   included, is in storage): a torn checkpoint; the job stops (max_failures 0);
-B. the rerun, on a checkpoint filesystem that has been filled up: checkpoint 20 cannot be
-   written; the job stops with one line;
-C. space freed, the rerun; after checkpoint 20 the MLflow server is stopped, and restarted
-   while training goes on.
-Then the tests read what the three runs left. `bertpipe prepare` gets a full disk of its own.
+Pretraining (bert-tiny, 2 Ray Train workers on the session's Ray, ZeRO 2, data read from moto
+S3 with distinctive fake credentials, checkpoints on a small tmpfs, metrics on a dedicated
+MLflow server) runs one run name three times, each `bertpipe pretrain` in its own process:
+A. after checkpoint 10 the checkpoint filesystem is filled up: checkpoint 20 cannot be
+   written, the job stops (max_failures 0) with one line;
+B. space freed, the rerun; the last rank dies halfway through uploading checkpoint 20, once
+   rank 0's part (trainer state included) is in storage: a torn checkpoint; the job stops;
+C. the rerun; after checkpoint 20 the MLflow server is stopped, and restarted while training
+   goes on to the end.
+The tests read what the three runs printed and left. `bertpipe prepare` gets a full disk of
+its own, and a fine-tuning search a failing trial.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -115,7 +117,7 @@ class Outage(threading.Thread):
                 time.sleep(0.2)
             stop_group(self.server[0].pid)
             self.down = time.time()
-            (self.run_dir / ".release").write_text("go\n")   # training goes on, MLflow down
+            (self.run_dir / ".release-at-step-20").write_text("go\n")  # on, MLflow down
             time.sleep(3)
             proc, _ = start_mlflow(self.root, port=self.port, timeout=120)
             self.server[0] = proc
@@ -155,26 +157,37 @@ def chain(tmp_path_factory, s3_data, wiki_shards, ray_local):
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         out[name] = {"code": done.returncode, "out": done.stdout, "err": done.stderr,
                      "seconds": round(time.time() - started, 1)}
+        print(f"run {name}: exit code {done.returncode} after {out[name]['seconds']}s")
 
     try:
-        pretrain("A", ["--fail-at-step", "20", "--fail-while-saving"])
+        # A: once checkpoint 10 is committed (rank 0 holds there), fill the disk up to half a
+        # checkpoint's room
+        ckpt10 = run_dir / "checkpoint-00000010"
+        filler = []
+
+        def fill_at_10():
+            while not (run_dir / ".holding-at-step-10").exists():
+                time.sleep(0.2)
+            out["ckpt10"] = tree_hashes(ckpt10)
+            out["sizes10"] = {str(p.relative_to(ckpt10)): p.stat().st_size
+                              for p in ckpt10.rglob("*") if p.is_file()}
+            filler.append(fill(fs, du(ckpt10) // 2))
+            (run_dir / ".release-at-step-10").write_text("go\n")
+        filling = threading.Thread(target=fill_at_10, daemon=True)
+        filling.start()
+        pretrain("A", ["--hold-at-step", "10"])
+        filling.join(timeout=60)
+        out["A"].update(ckpt10=tree_hashes(ckpt10), committed=committed(str(storage), RUN),
+                        left=sorted(p.name for p in run_dir.glob("checkpoint-*")))
+        filler[0].unlink()   # the user frees space
+        # B: the last rank dies while uploading checkpoint 20
+        pretrain("B", ["--fail-at-step", "20", "--fail-while-saving"])
         torn = run_dir / "checkpoint-00000020"
-        out["A"].update(committed=committed(str(storage), RUN),
-                        latest=latest_state(str(storage), RUN),
-                        ckpt10=tree_hashes(run_dir / "checkpoint-00000010"),
-                        sizes10={str(p.relative_to(run_dir / "checkpoint-00000010")):
-                                 p.stat().st_size
-                                 for p in (run_dir / "checkpoint-00000010").rglob("*")
-                                 if p.is_file()},
+        out["B"].update(committed=committed(str(storage), RUN),
+                        latest=latest_state(str(storage), RUN), ckpt10=tree_hashes(ckpt10),
+                        left=sorted(p.name for p in run_dir.glob("checkpoint-*")),
                         torn={str(p.relative_to(torn)): p.stat().st_size
                               for p in torn.rglob("*") if p.is_file()})
-        # B: leave half a checkpoint's room, counting what B frees by removing A's torn one
-        filler = fill(fs, du(run_dir / "checkpoint-00000010") // 2 - du(torn))
-        pretrain("B", [])
-        out["B"].update(ckpt10=tree_hashes(run_dir / "checkpoint-00000010"),
-                        committed=committed(str(storage), RUN),
-                        left=sorted(p.name for p in run_dir.glob("checkpoint-*")))
-        filler.unlink()   # the user frees space
         outage = Outage(work / "mlflow", port, run_dir, time.time(), server)
         outage.start()
         pretrain("C", ["--hold-at-step", "20"])
@@ -197,44 +210,49 @@ def run_ids(text: str) -> set[str]:
     return set(re.findall(r"MLflow run (\w+) \((?:new|resumed)\)", text))
 
 
-def test_a_worker_killed_while_saving_leaves_a_torn_checkpoint_that_is_never_resumed(chain):
-    a, b = chain["A"], chain["B"]
+def test_a_full_disk_stops_the_job_in_one_line_and_keeps_the_last_checkpoint(chain):
+    a = chain["A"]
     assert a["code"] == 1, a["err"][-3000:]
     line = last_line(a["err"])
-    assert line.startswith("bertpipe: error: training of faults failed: ")
-    assert line.endswith("(rerun the same command to resume from its last checkpoint (step 10))")
-    # storage holds a torn checkpoint 20: rank 0's part whole (its trainer state too, which
-    # alone would pass for a checkpoint), rank 1's optimizer shard cut in half
-    torn, whole = a["torn"], a["sizes10"]
-    assert {"trainer_state.json", "hf/model.safetensors"} <= set(torn)
-    assert torn[RANK1] == whole[RANK1] // 2
-    # Ray committed only checkpoint 10, and the driver reads the same index
-    assert a["committed"] == ["checkpoint-00000010"] and a["latest"].step == 10
-    # the rerun removed the torn folder, and Ray handed its workers checkpoint 10
-    assert "never committed (a failure while saving): checkpoint-00000020" in b["err"]
-    assert "resumed faults from" in b["out"] + b["err"]
-    assert re.search(r"resumed faults from \S+checkpoint-00000010 at step 10", b["out"] + b["err"])
-    assert chain["C"]["summary"]["metrics"]["resumed_from"] == 10
-
-
-def test_pruning_never_removes_the_last_complete_checkpoint(chain):
-    # keep_checkpoints 1: through a torn save and a failed one, checkpoint 10 stays ...
-    assert chain["B"]["committed"] == ["checkpoint-00000010"]
-    assert "checkpoint-00000010" in chain["B"]["left"]
-    # ... and goes only once a newer one is complete
-    assert chain["C"]["left"] == ["checkpoint-00000040"]
-
-
-def test_a_full_disk_stops_the_job_in_one_line_and_keeps_the_last_checkpoint(chain):
-    b = chain["B"]
-    assert b["code"] == 1, b["err"][-3000:]
-    line = last_line(b["err"])
     assert line.startswith("bertpipe: error: training of faults failed: ")
     assert "No space left on device" in line or "[errno 28]" in line.lower()
     assert f"free space on {chain['fs'] / 'ckpt'}" in line
     assert line.endswith("then rerun the same command to resume from its last checkpoint "
                          "(step 10))")
-    assert b["ckpt10"] == chain["A"]["ckpt10"]    # the last checkpoint, byte for byte
+    # the last checkpoint, byte for byte, after the full disk and after the next failure
+    assert chain["ckpt10"] == a["ckpt10"] == chain["B"]["ckpt10"]
+    # what the full disk cut short was never committed, and the rerun removed it
+    assert a["committed"] == ["checkpoint-00000010"]
+    assert "never committed (a failure while saving): checkpoint-00000020" in chain["B"]["err"]
+
+
+def test_a_worker_killed_while_saving_leaves_a_torn_checkpoint_that_is_never_resumed(chain):
+    b = chain["B"]
+    assert b["code"] == 1, b["err"][-3000:]
+    line = last_line(b["err"])
+    assert line.startswith("bertpipe: error: training of faults failed: ")
+    assert line.endswith("(rerun the same command to resume from its last checkpoint (step 10))")
+    # storage holds a torn checkpoint 20: rank 0's part whole (its trainer state too, which
+    # alone would pass for a checkpoint), rank 1's optimizer shard cut in half
+    torn, whole = b["torn"], chain["sizes10"]
+    assert {"trainer_state.json", "hf/model.safetensors"} <= set(torn)
+    assert torn[RANK1] == whole[RANK1] // 2
+    # Ray committed only checkpoint 10, and the driver reads the same index
+    assert b["committed"] == ["checkpoint-00000010"] and b["latest"].step == 10
+    # the rerun removed the torn folder, and Ray handed its workers checkpoint 10
+    c = chain["C"]
+    assert "never committed (a failure while saving): checkpoint-00000020" in c["err"]
+    assert re.search(r"resumed faults from \S*checkpoint-00000010 at step 10", c["out"] + c["err"])
+    assert c["summary"]["metrics"]["resumed_from"] == 10
+
+
+def test_pruning_never_removes_the_last_complete_checkpoint(chain):
+    # keep_checkpoints 1: through a failed save and a torn one, checkpoint 10 stays ...
+    for run in ("A", "B"):
+        assert chain[run]["committed"] == ["checkpoint-00000010"]
+        assert "checkpoint-00000010" in chain[run]["left"]
+    # ... and goes only once a newer one is complete
+    assert chain["C"]["left"] == ["checkpoint-00000040"]
 
 
 def test_the_run_ends_at_max_steps_with_exactly_the_planned_samples(chain, wiki_shards):
@@ -334,8 +352,9 @@ def test_a_failing_trial_is_marked_failed_and_the_search_registers_the_best(
     hf = model.hf.save(BertForPreTraining(BertConfig.from_preset(
         "bert-tiny", vocab_size=len(vocab), max_position_embeddings=64)), tmp_path / "tiny",
         vocab=vocab)
-    rows = [json.loads(line) for line in wiki_jsonl.read_text().splitlines()[:400]]
+    rows = [json.loads(line) for line in wiki_jsonl.read_text().splitlines()]
     rows = [r for r in rows if r["topic"] != "Uncategorized"]
+    random.Random(0).shuffle(rows)   # the file is sorted by topic
     for name, part in (("train", rows[:96]), ("dev", rows[96:144])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     code = job("finetune")([
