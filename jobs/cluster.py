@@ -170,13 +170,17 @@ def listeners(info: dict) -> list[dict]:
 
 
 def _cluster_processes(info: dict) -> list[psutil.Process]:
+    """Ray's processes of this cluster: those started with its temp dir, and those that only
+    name its GCS address (Ray's client server, started with the host's own address)."""
     me = psutil.Process()
     mine = {me.pid, *(p.pid for p in me.parents())}
+    gcs = f":{info['ray_address'].rsplit(':', 1)[1]}" if info.get("ray_address") else None
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if p.pid not in mine and any(info["temp_dir"] in arg
-                                         for arg in p.info["cmdline"] or ()):
+            args = p.info["cmdline"] or ()
+            if p.pid not in mine and any(info["temp_dir"] in a or (gcs and a.endswith(gcs))
+                                         for a in args):
                 procs.append(p)
     return procs
 
