@@ -149,7 +149,7 @@ def verify_files(ds: Dataset, level: str = "full") -> dict:
         raise InputError(f"verify_data must be one of {', '.join(VERIFY_LEVELS)} (got {level!r})")
     m = ds.manifest
     # (name, size or 0 when unrecorded, sha256, rows for a shard / None for the vocab)
-    files = [(s.file, s.size, s.sha256, s.rows) for s in m.shards]
+    files = [(s.file, s.size or 0, s.sha256, s.rows) for s in m.shards]
     files.append((m.vocab.file, 0, m.vocab.sha256, None))
     if level == "off":
         return {"files": 0, "bytes": 0, "level": level}

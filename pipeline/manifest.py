@@ -38,8 +38,8 @@ class ShardEntry:
     rows_per_bin: dict[str, int]
     """Length bin -> rows, bins ascending as the rows are ordered in the file"""
     tokens: int = 0
-    size: int = 0
-    """Bytes of the file (0: a manifest written before sizes were recorded)"""
+    size: int | None = None
+    """Bytes of the file (None: a manifest written before sizes were recorded)"""
 
 
 @dataclass
@@ -67,6 +67,9 @@ class Manifest:
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(out.pop("extra"))
+        for shard in out["shards"]:  # written back as it was read
+            if shard["size"] is None:
+                del shard["size"]
         return out
 
     def to_json(self) -> str:
