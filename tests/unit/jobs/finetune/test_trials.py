@@ -1,5 +1,7 @@
 """A trial that fails (an OOM stand-in) does not end a search run in this process (Ray
-Train's local mode raises the loop's own error): the others finish and the best is kept."""
+Train's local mode raises the loop's own error): the others finish and the best is kept.
+(MLflow is left unreachable here, which costs nothing: the integration test checks the
+trial's FAILED run on a real server.)"""
 from __future__ import annotations
 
 import json
@@ -7,7 +9,7 @@ import random
 
 import pytest
 
-from tests.helpers import job
+from tests.helpers import free_port, job
 
 
 @pytest.mark.slow
@@ -32,11 +34,11 @@ def test_a_failing_trial_in_local_mode_leaves_the_search_to_the_others(tmp_path,
         "--validation", str(tmp_path / "dev.jsonl"), "--label-column", "topic",
         "--max-seq-length", "32", "--batch-size", "16", "--epochs", "1", "--search", "grid",
         "--search-learning-rates", "1e-3", "3e-4", "--fail-trial-learning-rate", "3e-4",
-        "--num-workers", "0", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--num-workers", "0", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
         "--storage-path", str(tmp_path / "ray")])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     summary = json.loads(out[-1])
     (failed,) = [t for t in summary["trials"] if "error" in t]
     assert failed["learning_rate"] == 3e-4 and "OutOfMemoryError" in failed["error"]
-    assert summary["best_trial"]["learning_rate"] == 1e-3 and summary.get("model_uri")
+    assert summary["best_trial"]["learning_rate"] == 1e-3 and summary["best_trial"]["dev_accuracy"]
