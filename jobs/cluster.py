@@ -144,6 +144,21 @@ def _name(p: psutil.Process) -> str:
     return "?"
 
 
+def _label(p: psutil.Process) -> str:
+    """What a process is: its name, or for a Python process its module or script."""
+    name = _name(p)
+    if not name.startswith("python"):
+        return name
+    with contextlib.suppress(psutil.Error):
+        args = p.cmdline()
+        if "-m" in args[:-1]:
+            return args[args.index("-m") + 1]
+        script = next((a for a in args[1:] if a.endswith(".py")), None)
+        if script:
+            return "/".join(Path(script).parts[-2:])
+    return name
+
+
 def loopback(address: str) -> bool:
     """127.0.0.0/8, ::1 and their IPv4-mapped forms."""
     address = address.removeprefix("::ffff:")
@@ -164,7 +179,7 @@ def listeners(info: dict) -> list[dict]:
             for c in p.net_connections(kind="tcp"):
                 if c.status == psutil.CONN_LISTEN:
                     found[(c.laddr.ip, c.laddr.port)] = {
-                        "address": c.laddr.ip, "port": c.laddr.port, "process": _name(p),
+                        "address": c.laddr.ip, "port": c.laddr.port, "process": _label(p),
                         "pid": p.pid, "loopback": loopback(c.laddr.ip)}
     return sorted(found.values(), key=lambda x: (x["loopback"], x["process"], x["port"]))
 
@@ -219,7 +234,8 @@ def _print_listeners(found: list[dict]) -> None:
     for x in found:
         where = "loopback only" if x["loopback"] else "ALL INTERFACES" \
             if x["address"] in ("0.0.0.0", "::") else "beyond loopback"
-        print(f"  {x['address']}:{x['port']:<6} {x['process']:<22} pid {x['pid']:<8} {where}")
+        host = f"[{x['address']}]" if ":" in x["address"] else x["address"]
+        print(f"  {host + ':' + str(x['port']):<28} {x['process']:<30} pid {x['pid']:<8} {where}")
     if exposed:
         print("Ray binds these beyond 127.0.0.1 (token auth is on); firewall them from other "
               "machines: see README, 'Ports of a local cluster'.")

@@ -23,8 +23,8 @@ from tests.helpers import planned_digest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "bertpipe-cluster-mlflow-pw-7c41"
-LINE = re.compile(r"^\s+(\S+):(\d+)\s+(\S+)\s+pid (\d+)\s+(loopback only|ALL INTERFACES|"
-                  r"beyond loopback)$")
+LINE = re.compile(r"^\s+\[?([^\]\s]+?)\]?:(\d+)\s+(\S+)\s+pid (\d+)\s+(loopback only|"
+                  r"ALL INTERFACES|beyond loopback)$")
 
 
 def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -61,6 +61,13 @@ def listed(text: str) -> dict[tuple[str, int], str]:
     return {(m[1], int(m[2])): m[5] for m in map(LINE.match, text.splitlines()) if m}
 
 
+def same(address: str) -> str:
+    """One spelling per address: `*`, 0.0.0.0 and :: (dual stack) are any; IPv4 mapped
+    into IPv6 is IPv4."""
+    address = address.strip("[]").removeprefix("::ffff:")
+    return "any" if address in ("*", "0.0.0.0", "::") else address
+
+
 def ss_listening(pids: set[int]) -> set[tuple[str, int]]:
     """What `ss -ltnp` says these processes listen on."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
@@ -69,14 +76,14 @@ def ss_listening(pids: set[int]) -> set[tuple[str, int]]:
         fields = line.split()
         if set(int(p) for p in re.findall(r"pid=(\d+)", line)) & pids:
             address, _, port = fields[3].rpartition(":")
-            found.add((address.strip("[]").replace("*", "0.0.0.0"), int(port)))
+            found.add((same(address), int(port)))
     return found
 
 
 def test_cluster_up_lists_every_port_it_opened_and_whether_it_is_loopback_only(running):
     state, info, up = running
     assert info["nodes"] == 2 and "RAY_ADDRESS=" in up
-    printed = listed(up)
+    printed = {(same(a), port): where for (a, port), where in listed(up).items()}
     for url in (info["dashboard"], info["mlflow"]):       # what we bind: loopback
         assert printed[("127.0.0.1", int(url.rsplit(":", 1)[1]))] == "loopback only"
     print(up)   # the record of what Ray binds (see README, "Ports of a local cluster")
@@ -89,8 +96,8 @@ def test_cluster_up_lists_every_port_it_opened_and_whether_it_is_loopback_only(r
         pids = {p.pid for p in cluster._cluster_processes(info)}
         lead = psutil.Process(info["mlflow_pid"])
         pids |= {lead.pid, *(c.pid for c in lead.children(recursive=True))}
-        shown = {(a.replace("::ffff:", ""), p) for a, p in listed(now.stdout)}
-        if shown == {(a.replace("::ffff:", ""), p) for a, p in ss_listening(pids)}:
+        shown = {(same(a), p) for a, p in listed(now.stdout)}
+        if shown == ss_listening(pids):
             break
         time.sleep(2)
     else:
