@@ -9,7 +9,7 @@ keep their own arguments and run through the same error handling. `python -m job
 
 User errors (bad config, bad input, an unusable model) end in one line on stderr and exit
 code 2; a job that fails after it started (training failed after its restarts, every trial
-failed) in one line and exit code 1.
+failed, a full disk) in one line and exit code 1.
 """
 from __future__ import annotations
 
@@ -121,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError, JobFailed) as e:
         print(f"bertpipe: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, JobFailed) else 2
+    except OSError as e:
+        from jobs.train.failures import disk_full, first_line
+        if not disk_full(e):
+            raise
+        # written atomically, so what was there stays whole; what was half written is gone
+        print(f"bertpipe: error: a filesystem is full ({first_line(e)[:300]}); free space and "
+              "run again (finished outputs and checkpoints are intact)", file=sys.stderr)
+        return 1
     except ValueError as e:
         # model.ModelError, without importing torch for every command: if model.config was
         # never imported, no ModelError was raised

@@ -38,6 +38,8 @@ class ShardEntry:
     rows_per_bin: dict[str, int]
     """Length bin -> rows, bins ascending as the rows are ordered in the file"""
     tokens: int = 0
+    size: int | None = None
+    """Bytes of the file (None: a manifest written before sizes were recorded)"""
 
 
 @dataclass
@@ -71,6 +73,9 @@ class Manifest:
         out.update(out.pop("extra"))
         if not out["masking"]:
             del out["masking"]   # an older manifest reads and writes back as it was
+        for shard in out["shards"]:  # written back as it was read
+            if shard["size"] is None:
+                del shard["size"]
         return out
 
     def to_json(self) -> str:

@@ -297,13 +297,14 @@ def write_shard(index: int, slices: list[Slice], vocab_size: int, work: str, out
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         name = f"shard-{index:05d}.parquet"
+        size = os.path.getsize(tmp)
         upload_atomic(tmp, join(out, name))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return {"file": name, "rows": sum(rows_per_bin.values()), "sha256": digest.hexdigest(),
             "rows_per_bin": {str(k): v for k, v in sorted(rows_per_bin.items())},
-            "tokens": tokens}
+            "tokens": tokens, "size": size}
 
 
 def merge_bins(block_results: list[dict]) -> dict[int, dict[int, int]]:

@@ -6,8 +6,11 @@ written under a temporary name and renamed; an object store never shows a partia
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -120,9 +123,14 @@ def write_file_atomic(path: str, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         Path(inner).parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=Path(inner).parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, inner)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, inner)
+        except BaseException:  # a full disk, say: no temp file left behind, old file intact
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:  # object stores publish an object only once its upload completes
         with fs.open_output_stream(inner) as f:
             f.write(data)
@@ -133,7 +141,22 @@ def upload_atomic(local_file: str, path: str) -> None:
     fs, inner = filesystem(path)
     if isinstance(fs, pafs.LocalFileSystem):
         Path(inner).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(local_file, inner)
+        try:
+            os.replace(local_file, inner)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            # another filesystem (a tmpfs /tmp, say): copy next to the target, then rename
+            fd, tmp = tempfile.mkstemp(dir=Path(inner).parent, prefix=".tmp-")
+            os.close(fd)
+            try:
+                shutil.copyfile(local_file, tmp)
+                os.replace(tmp, inner)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+            os.remove(local_file)
     else:
         pafs.copy_files(local_file, inner, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from jobs.config import ConfigError, to_yaml
+from jobs.config import ConfigError, hidden, to_yaml
 from jobs.train.config import ComputeConfig, OptimConfig, TrackingConfig
 
 TASKS = ("classification", "token-classification", "question-answering", "multiple-choice")
@@ -120,6 +120,9 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Where Ray Train keeps each trial's best checkpoint (a shared folder or s3://)"""
     output: str | None = None
     """Also copy the best model (a HF folder) here"""
+    fail_trial_learning_rate: float | None = hidden()
+    """Testing: the trial with this learning rate runs out of memory at its first step (a
+    stand-in for a CUDA OOM; fault tests)"""
 
     # -- derived values -------------------------------------------------------------
     def default_metric(self, regression: bool) -> str:
@@ -174,7 +177,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
         return self
 
     def default_run_name(self) -> str:
-        skip = (*self.TRACKING_KEYS, "log_every", "output", "max_concurrent_trials")
+        skip = (*self.TRACKING_KEYS, "log_every", "output", "max_concurrent_trials",
+                "fail_trial_learning_rate")
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"finetune-{self.task}-{digest}"

@@ -137,7 +137,7 @@ def run(cfg: FinetuneConfig) -> dict:
         outcomes = run_trials(jobs, cfg.max_concurrent_trials, on_done=trial_done)
         for o in outcomes:
             if "error" in o:
-                log(f"trial {o['name']} failed: {o['error']}")
+                log(o["error"])  # "trial NAME failed: ..."
         best = _best(outcomes, spec.metric)
         summary = _summary(job_run, spec, outcomes, best)
         if best is None:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from jobs.config import ConfigError, hidden, to_yaml
 from jobs.train.config import ComputeConfig, OptimConfig, TrackingConfig
@@ -83,8 +84,17 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Where checkpoints go: a shared folder or s3:// (Ray Train storage)"""
     experiment: str = "bertpipe-pretrain"
     """MLflow experiment of the run"""
+    verify_data: Literal["full", "size", "off"] = "full"
+    """Check --data against manifest.json before training: full (every file's size and
+    sha256, streamed in parallel), size (sizes from a listing: for very large data), off"""
     fail_at_step: int | None = hidden()
     """Testing: a worker kills itself after this step, once per run (fault-tolerance tests)"""
+    hold_at_step: int | None = hidden()
+    """Testing: rank 0 holds after this step's checkpoint until a test releases it (a test
+    injects a fault at a known point: a lost node, an MLflow restart)"""
+    fail_while_saving: bool = hidden(False)
+    """Testing: with fail_at_step, the last rank dies in the middle of uploading that step's
+    checkpoint, once rank 0's part is in storage (a torn checkpoint)"""
 
     # -- derived values ---------------------------------------------------------------
     def micro_batch(self) -> int:
@@ -135,8 +145,9 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
 
     def default_run_name(self) -> str:
         """Stable for the same job: rerunning the same command resumes the same run."""
-        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every", "system_metrics_every",
-                "compile")  # none changes what is trained: a rerun with them resumes
+        skip = (*self.TRACKING_KEYS, "fail_at_step", "fail_while_saving", "hold_at_step",
+                "log_every", "system_metrics_every", "compile", "verify_data")  # none
+        # changes what is trained: a rerun with them resumes
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"pretrain-{self.model}-{digest}"

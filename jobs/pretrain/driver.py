@@ -16,25 +16,27 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from jobs.config import ConfigError
-from jobs.pretrain.checkpoint import TrainerState, latest_state
+from jobs.pretrain.checkpoint import TrainerState, latest_state, remove_torn
 from jobs.pretrain.config import PretrainConfig
 from jobs.tracking import Tracker, default_tracking_uri
 from jobs.train.device import use_gpu
+from jobs.train.failures import advice, root_cause
 from jobs.train.runtime import (
     JobFailed,
     ray_session,
     secrets_env,
     settings_env,
+    share_secrets,
     storage_root,
     worker_env,
-    worker_runtime_env,
 )
 from jobs.train.sources import resolve_model
 from model import BertConfig
-from pipeline.dataset import Dataset, open_dataset, split_holdout
+from pipeline.dataset import Dataset, open_dataset, split_holdout, verify_files
 from pipeline.loader import PretrainLoader
 from pipeline.storage import is_remote
 
@@ -62,6 +64,11 @@ def check_job(cfg: PretrainConfig) -> Job:
     cfg = dataclasses.replace(cfg, data=storage_root(cfg.data),
                               storage_path=storage_root(cfg.storage_path))
     ds = open_dataset(cfg.data)
+    started = time.perf_counter()
+    checked = verify_files(ds, cfg.verify_data)  # a damaged shard: one line, no worker started
+    if checked["files"]:
+        log(f"data checked against its manifest ({cfg.verify_data}): {checked['files']} files, "
+            f"{checked['bytes'] / 1e6:.1f} MB in {time.perf_counter() - started:.1f}s")
     train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
     # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
     PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed,
@@ -115,6 +122,10 @@ def run(cfg: PretrainConfig) -> dict:
     """Train; returns the summary printed as the last line of `bertpipe pretrain`."""
     job = check_job(cfg)
     cfg = job.cfg
+    torn = remove_torn(cfg.storage_path, job.run_name)
+    if torn:
+        log(f"removed checkpoint folder(s) that Ray never committed (a failure while saving): "
+            f"{', '.join(torn)}")
     paths = (cfg.data, cfg.storage_path, cfg.init_from)
     with ray_session(cfg.address, worker_env(paths, job.tracking_uri)):
         gpu = use_gpu(cfg.use_gpu)
@@ -145,14 +156,13 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
         train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
                            "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
                            "init_dir": str(job.init_dir) if job.init_dir else None,
-                           "env": settings_env()},
+                           "env": settings_env(), "secrets": share_secrets(secrets)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=job.run_name, storage_path=cfg.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env=worker_runtime_env(secrets) if secrets else None))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as e:
@@ -160,6 +170,9 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
             failed = Tracker(job.tracking_uri, cfg.experiment, job.run_name)
             failed.run_id = run_id
             failed.finish("FAILED")
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise JobFailed(f"training of {job.run_name} failed: {first[:300]} (rerun the same "
-                        "command to resume from its last checkpoint)") from e
+        cause = root_cause(e)
+        saved = latest_state(cfg.storage_path, job.run_name)
+        where = f"{cfg.storage_path} or the workers' temp dir" if cause.kind == "disk_full" \
+            else cfg.storage_path
+        raise JobFailed(f"training of {job.run_name} failed: {cause.line} ("
+                        f"{advice(cause, saved.step if saved else None, where)})") from e

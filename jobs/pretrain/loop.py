@@ -41,18 +41,66 @@ def _due(step: int, every: int, last: bool) -> bool:
     return last or bool(every and step % every == 0)
 
 
-def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
-    """Testing knob: the last rank kills its own process at fail_at_step, once per run (a
-    marker in the run's storage says it happened)."""
+def _fails_now(cfg, run_name: str, step: int, rank: int, world: int, saving: bool) -> bool:
+    """Testing knobs: is this the last rank at fail_at_step, for the first time in the run
+    (a marker in the run's storage says it happened)?"""
     from pipeline.storage import exists, join, write_file_atomic
-    if cfg.fail_at_step != step or rank != world - 1:
-        return
+    if cfg.fail_at_step != step or rank != world - 1 or cfg.fail_while_saving != saving:
+        return False
     marker = join(cfg.storage_path, run_name, f".fail-at-step-{step}.done")
     if exists(marker):
-        return
+        return False
     write_file_atomic(marker, b"killed\n")
-    _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
+    """Testing knob: the last rank kills its own process at fail_at_step, once per run."""
+    if _fails_now(cfg, run_name, step, rank, world, saving=False):
+        _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_hold(cfg, run_name: str, step: int, rank: int) -> None:
+    """Testing knob: after hold_at_step's checkpoint, rank 0 holds (once per run) so that a
+    test can inject a fault at a known point; it writes `.holding-at-step-N` in the run's
+    storage and goes on when `.release-at-step-N` appears there, or after 10 minutes."""
+    from pipeline.storage import exists, join, write_file_atomic
+    if cfg.hold_at_step != step or rank != 0:
+        return
+    holding = join(cfg.storage_path, run_name, f".holding-at-step-{step}")
+    if exists(holding):
+        return
+    write_file_atomic(holding, b"holding\n")
+    _print(f"hold_at_step={step}: rank 0 holds")
+    deadline = time.time() + 600
+    release = join(cfg.storage_path, run_name, f".release-at-step-{step}")
+    while not exists(release) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def torn_upload(cfg, run_name: str, step: int, rank: int, world: int):
+    """Testing knob (fail_while_saving): for the last rank at fail_at_step, a checkpoint
+    upload that writes half of one of its files, waits until rank 0's part (trainer state
+    included) is in storage, and kills its own process; else None (Ray uploads)."""
+    if not _fails_now(cfg, run_name, step, rank, world, saving=True):
+        return None
+
+    def upload(checkpoint, dir_name: str):
+        from jobs.pretrain.checkpoint import TRAINER_STATE
+        from pipeline.storage import exists, join, write_file_atomic
+        dest = join(cfg.storage_path, run_name, dir_name)
+        local = Path(checkpoint.path)
+        first = sorted(p for p in local.rglob("*") if p.is_file())[0]
+        body = first.read_bytes()
+        write_file_atomic(join(dest, *first.relative_to(local).parts), body[:len(body) // 2])
+        deadline = time.time() + 120
+        while not exists(join(dest, TRAINER_STATE)) and time.time() < deadline:
+            time.sleep(0.2)
+        _print(f"fail_while_saving at step {step}: rank {rank} dies halfway through its "
+               f"upload to {dest} (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return upload
 
 
 class Worker:
@@ -218,7 +266,9 @@ class Worker:
                               "eval": eval_metrics}
         ckpt.save(self.engine, self.cfg.zero_stage, self.state,
                   {"step": self.state.step, **(metrics or {})}, self.rank, self.vocab,
-                  self.ds.manifest.vocab.do_lower_case)
+                  self.ds.manifest.vocab.do_lower_case,
+                  upload=torn_upload(self.cfg, self.run_name, self.state.step, self.rank,
+                                     self.world))
 
     def train(self) -> dict | None:
         cfg, state = self.cfg, self.state
@@ -245,6 +295,7 @@ class Worker:
                 eval_metrics = self.evaluate() or eval_metrics
             if _due(step, cfg.checkpoint_every, last):
                 self.save(metrics, eval_metrics)
+            maybe_hold(cfg, self.run_name, step, self.rank)
         return self.summary() if self.rank == 0 else None
 
     def summary(self) -> dict:
@@ -267,8 +318,9 @@ class Worker:
 
 def train_loop(loop_config: dict) -> dict | None:
     """Ray Train's entry point on every worker; rank 0 returns the run's final metrics."""
-    from jobs.train.runtime import apply_settings
+    from jobs.train.runtime import apply_secrets, apply_settings
     apply_settings(loop_config.get("env", {}))  # before DeepSpeed loads its ops
+    apply_secrets(loop_config.get("secrets"))   # the driver's credentials (S3, MLflow)
     # DeepSpeed calls torch's deprecated collective names on every step
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=".*(all_gather_into_tensor|reduce_scatter_tensor).*")

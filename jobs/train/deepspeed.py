@@ -97,7 +97,14 @@ def safe_checkpoint_engine(config_params=None):
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
+            import pickle
+
+            from model.config import ModelError
             with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True)
+                except pickle.UnpicklingError:  # a global beyond DeepSpeed's values: code
+                    raise ModelError(f"checkpoint file {path} holds pickled code, not only "
+                                     "tensors; refused, nothing in it was run") from None
 
     return SafeCheckpointEngine(config_params)

@@ -17,6 +17,7 @@ from jobs.config import load_preset
 from jobs.pretrain.config import PretrainConfig
 from jobs.pretrain.driver import run
 from jobs.train.runtime import JobFailed as TrainingFailed
+from tests.helpers import planned_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -161,13 +162,16 @@ def test_a_restart_in_a_later_epoch_of_dynamic_masks_repeats_the_uninterrupted_r
     _same_run(uninterrupted, restarted, workdir)
 
 
-def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir):
+def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir,
+                                                                       wiki_shards):
     summary = runs("failure")
     assert summary["metrics"]["step"] == STEPS
     assert summary["metrics"]["attempts"] == 2          # restarted once ...
     assert summary["metrics"]["resumed_from"] == 20     # ... from the last checkpoint
     assert (workdir / "ray" / "failure" / ".fail-at-step-25.done").exists()
     _same_run(runs("zero2"), summary, workdir)
+    # exactly the samples the loaders plan (what the fault tests compare their runs with)
+    assert runs("zero2")["metrics"]["data_digest"] == planned_digest(wiki_shards, STEPS, 32, 2)
 
 
 def test_checkpoints_keep_the_last_k_and_hold_every_ranks_state(runs):
