@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.bertpipe-installed
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/bertpipe/torch_extensions
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup browser demo lint test clean
+.PHONY: setup browser demo demo-zh lint test clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m jobs.demo
+
+# Chinese: People's Daily + bert-base-chinese vocab + jieba whole-word masking -> sentiment
+demo-zh: setup
+	$(PY) -m jobs.demo --zh
 
 # The MLflow UI test drives Debian's Chromium through Playwright (no browser download).
 browser:

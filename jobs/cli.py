@@ -4,13 +4,13 @@ Config jobs are a table of (command, config class, run function): the runner bui
 parser from the config's fields (docstrings are the help), resolves the config (defaults <
 `--preset`/`--config` < `--set` < flags), calls the job and prints its summary as one JSON
 object, the last line of stdout. Local paths in the config are made absolute first
-(`jobs.paths`): Ray workers run in other folders. Tool commands (workflow, inspect, submit, cluster, bench)
+(`jobs.train.paths`): Ray workers run in other folders. Tool commands (workflow, inspect, submit, cluster, bench)
 keep their own arguments and run through the same error handling. `python -m jobs.NAME`
 (what Ray jobs run) is the same as `bertpipe NAME`.
 
 User errors (bad config, bad input, an unusable model) end in one line on stderr and exit
 code 2; a job that fails after it started (training failed after its restarts, every trial
-failed) in one line and exit code 1.
+failed, a full disk) in one line and exit code 1.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from jobs.config import ConfigError, add_config_args, resolve
-from jobs.paths import absolute_paths
+from jobs.train.paths import absolute_paths
 from jobs.train.runtime import JobFailed
 from pipeline.errors import InputError
 
@@ -54,12 +54,14 @@ JOBS = {
 }
 TOOLS = {  # commands with their own arguments: module.main(argv)
     "workflow": ("jobs.workflow", "prepare -> pretrain -> finetune -> evaluate, idempotent"),
+    "inspect": ("jobs.inspect", "decode instances of a prepare output and count its statistics"),
     "demo": ("jobs.demo", "the whole workflow on embedded defaults (what `make demo` runs)"),
     "submit": ("jobs.submit", "submit a bertpipe command as a Ray job"),
     "cluster": ("jobs.cluster", "start/stop a local multi-node Ray cluster and MLflow server"),
 }
 BENCHES = {
     "prepare": "jobs.bench.prepare",
+    "prepare-zh": "jobs.bench.prepare_zh",
     "step": "jobs.bench.step",
     "pretrain": "jobs.bench.pretrain",
 }
@@ -124,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError, JobFailed) as e:
         print(f"bertpipe: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, JobFailed) else 2
+    except OSError as e:
+        from jobs.train.failures import disk_full, first_line
+        if not disk_full(e):
+            raise
+        # written atomically, so what was there stays whole; what was half written is gone
+        print(f"bertpipe: error: a filesystem is full ({first_line(e)[:300]}); free space and "
+              "run again (finished outputs and checkpoints are intact)", file=sys.stderr)
+        return 1
     except ValueError as e:
         # model.ModelError, without importing torch for every command: if model.config was
         # never imported, no ModelError was raised

@@ -2,10 +2,12 @@
 
 Everything listens on 127.0.0.1 where the tool allows it: the Ray head and extra raylets are
 started with `--node-ip-address=127.0.0.1`, the dashboard (the Jobs API) and MLflow bind to
-127.0.0.1. Ray 2.60's gRPC servers still listen on every interface, which is why the
-cluster keeps Ray's token authentication on (the token lives in `~/.ray/auth_token`;
-clients need `RAY_AUTH_MODE=token`, which `bertpipe submit` sets). State (ports, pids, Ray's
-temp dir, the MLflow store) lives in one folder, so `down` stops exactly what `up` started.
+127.0.0.1. `up` and `status` list every port the cluster's processes listen on and whether
+it is loopback-only (what `ss -ltnp` shows for their pids); whatever Ray binds beyond
+loopback is flagged, and the cluster keeps Ray's token authentication on for it (the token
+lives in `~/.ray/auth_token`; clients need `RAY_AUTH_MODE=token`, which `bertpipe submit`
+sets). State (ports, pids, Ray's temp dir, the MLflow store) lives in one folder, so `down`
+stops exactly what `up` started. `add_node` starts one more raylet (a lost node returning).
 """
 from __future__ import annotations
 
@@ -62,12 +64,7 @@ def up(folder: Path = DEFAULT_DIR, head_cpus: int = 2, workers: int = 1,
         raise
 
 
-def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow: bool) -> dict:
-    # Ray's sockets live under its temp dir and AF_UNIX paths stop at 107 bytes: keep it short
-    temp_dir = Path(tempfile.gettempdir()) / \
-        f"bertpipe-ray-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-    gcs, dash, client = free_port(20000), free_port(20000), free_port(20000)
-    (folder / "cluster.json").write_text(json.dumps({"temp_dir": str(temp_dir), "nodes": 0}))
+def _ray_env() -> dict[str, str]:
     env = client_env()
     env.pop("RAY_ADDRESS", None)
     # jobs run `python ...`: make that this environment's interpreter on every node
@@ -75,6 +72,32 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     # token auth on from the start: on a machine that never ran Ray there is no token yet, and
     # a head started without one would run unauthenticated (and its workers could not join)
     env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE", "token")
+    return env
+
+
+def _raylets(info: dict) -> list[int]:
+    """The cluster's raylet pids, oldest first (the head's first)."""
+    procs = [p for p in _cluster_processes(info) if _name(p) == "raylet"]
+    return [p.pid for p in sorted(procs, key=lambda p: p.create_time())]
+
+
+def _start_worker(info: dict, cpus: int, env: dict[str, str]) -> int:
+    """One more raylet joining the head; its pid."""
+    before = set(_raylets(info))
+    subprocess.run([_ray_bin(), "start", f"--address={info['ray_address']}",
+                    "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                    "--disable-usage-stats"], check=True, env=env, stdout=subprocess.DEVNULL)
+    new = [pid for pid in _raylets(info) if pid not in before]
+    return new[-1] if new else -1
+
+
+def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow: bool) -> dict:
+    # Ray's sockets live under its temp dir and AF_UNIX paths stop at 107 bytes: keep it short
+    temp_dir = Path(tempfile.gettempdir()) / \
+        f"bertpipe-ray-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+    gcs, dash, client = free_port(20000), free_port(20000), free_port(20000)
+    (folder / "cluster.json").write_text(json.dumps({"temp_dir": str(temp_dir), "nodes": 0}))
+    env = _ray_env()
     if env["RAY_AUTH_MODE"] == "token":
         subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,30 +106,96 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    for _ in range(workers):
-        subprocess.run([_ray_bin(), "start", f"--address=127.0.0.1:{gcs}",
-                        "--node-ip-address=127.0.0.1", f"--num-cpus={worker_cpus}",
-                        "--disable-usage-stats"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
     info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
             "temp_dir": str(temp_dir), "nodes": 1 + workers}
+    info["raylets"] = _raylets(info)
+    for _ in range(workers):
+        info["raylets"].append(_start_worker(info, worker_cpus, env))
+    info["worker_cpus"] = worker_cpus
     wait_http(f"{info['dashboard']}/api/version", 180, "the Ray dashboard")
     if mlflow:
         (folder / "cluster.json").write_text(json.dumps(info, indent=2))
         proc, uri = start_mlflow(folder / "mlflow", port=free_port(20000), timeout=180)
         info.update(mlflow=uri, mlflow_pid=proc.pid)
+    info["listening"] = listeners(info)
     (folder / "cluster.json").write_text(json.dumps(info, indent=2))
     return info
 
 
+def add_node(folder: Path = DEFAULT_DIR, cpus: int | None = None) -> dict:
+    """Start one more raylet in the running cluster of `folder` (a node that returns after
+    it was lost, or more capacity); returns the updated state."""
+    folder = folder.absolute()
+    info = state(folder)
+    if not info or not _alive(info):
+        raise RuntimeError(f"no cluster running (state folder {folder})")
+    alive = set(_raylets(info))
+    info["raylets"] = [pid for pid in info.get("raylets", []) if pid in alive]
+    info["raylets"].append(_start_worker(info, cpus or info.get("worker_cpus", 1), _ray_env()))
+    info["nodes"] = len(info["raylets"])
+    info["listening"] = listeners(info)
+    (folder / "cluster.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _name(p: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return p.name()
+    return "?"
+
+
+def _label(p: psutil.Process) -> str:
+    """What a process is: its name, or for a Python process its module or script."""
+    name = _name(p)
+    if not name.startswith("python"):
+        return name
+    with contextlib.suppress(psutil.Error):
+        args = p.cmdline()
+        if "-m" in args[:-1]:
+            return args[args.index("-m") + 1]
+        script = next((a for a in args[1:] if a.endswith(".py")), None)
+        if script:
+            return "/".join(Path(script).parts[-2:])
+    return name
+
+
+def loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1 and their IPv4-mapped forms."""
+    address = address.removeprefix("::ffff:")
+    return address.startswith("127.") or address == "::1"
+
+
+def listeners(info: dict) -> list[dict]:
+    """Every TCP port the cluster's processes (Ray's, MLflow's) listen on: address, port,
+    process, pid, and whether only this machine can reach it."""
+    procs = _cluster_processes(info)
+    if info.get("mlflow_pid"):
+        with contextlib.suppress(psutil.Error):
+            lead = psutil.Process(info["mlflow_pid"])
+            procs += [lead, *lead.children(recursive=True)]
+    found = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN:
+                    found[(c.laddr.ip, c.laddr.port)] = {
+                        "address": c.laddr.ip, "port": c.laddr.port, "process": _label(p),
+                        "pid": p.pid, "loopback": loopback(c.laddr.ip)}
+    return sorted(found.values(), key=lambda x: (x["loopback"], x["process"], x["port"]))
+
+
 def _cluster_processes(info: dict) -> list[psutil.Process]:
+    """Ray's processes of this cluster: those started with its temp dir, and those that only
+    name its GCS address (Ray's client server, started with the host's own address)."""
     me = psutil.Process()
     mine = {me.pid, *(p.pid for p in me.parents())}
+    gcs = f":{info['ray_address'].rsplit(':', 1)[1]}" if info.get("ray_address") else None
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if p.pid not in mine and any(info["temp_dir"] in arg
-                                         for arg in p.info["cmdline"] or ()):
+            args = p.info["cmdline"] or ()
+            if p.pid not in mine and any(info["temp_dir"] in a or (gcs and a.endswith(gcs))
+                                         for a in args):
                 procs.append(p)
     return procs
 
@@ -139,11 +228,25 @@ def down(folder: Path = DEFAULT_DIR) -> bool:
     return True
 
 
+def _print_listeners(found: list[dict]) -> None:
+    exposed = [x for x in found if not x["loopback"]]
+    print(f"\nListening (TCP, {len(found)} ports; {len(exposed)} beyond loopback):")
+    for x in found:
+        where = "loopback only" if x["loopback"] else "ALL INTERFACES" \
+            if x["address"] in ("0.0.0.0", "::") else "beyond loopback"
+        host = f"[{x['address']}]" if ":" in x["address"] else x["address"]
+        print(f"  {host + ':' + str(x['port']):<28} {x['process']:<30} pid {x['pid']:<8} {where}")
+    if exposed:
+        print("Ray binds these beyond 127.0.0.1 (token auth is on); firewall them from other "
+              "machines: see README, 'Ports of a local cluster'.")
+
+
 def _print_info(info: dict) -> None:
     print(f"Ray cluster: {info['nodes']} nodes, GCS at {info['ray_address']}")
     print(f"Ray dashboard and Jobs API: {info['dashboard']}")
     if info.get("mlflow"):
         print(f"MLflow: {info['mlflow']}")
+    _print_listeners(info["listening"] if "listening" in info else listeners(info))
     print("\nUse it:")
     print(f"  export RAY_ADDRESS={info['dashboard']} RAY_AUTH_MODE=token")
     if info.get("mlflow"):
@@ -154,7 +257,8 @@ def _print_info(info: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bertpipe cluster", description=__doc__.split("\n")[0])
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "add-node"],
+                   help="add-node: one more raylet (--worker-cpus CPUs), e.g. a lost node back")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                    help=f"state folder (default: {DEFAULT_DIR})")
     p.add_argument("--head-cpus", type=int, default=2, help="logical CPUs of the head node")
@@ -169,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         _print_info(up(args.dir, args.head_cpus, args.workers, args.worker_cpus,
                        mlflow=not args.no_mlflow))
+    elif args.action == "add-node":
+        _print_info(add_node(args.dir, args.worker_cpus))
     elif args.action == "down":
         print("stopped" if down(args.dir) else f"no cluster recorded in {args.dir}")
     else:
@@ -176,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if not info or not _alive(info):
             print(f"no cluster running (state folder {args.dir})")
             return 1
-        _print_info(info)
+        _print_info({**info, "listening": listeners(info)})  # what listens now
     return 0
 
 

@@ -178,9 +178,11 @@ def from_dict(cls, values: dict, origin: str = "config"):
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     for old, new in renamed(cls).items():
         if old in values:
+            if new in values and values[new] != values[old]:
+                raise ConfigError(f"{origin}: both '{old}' (deprecated) and '{new}' are set; "
+                                  f"keep '{new}' only")
             _warn_renamed(old, new, origin)
-            values.setdefault(new, values.pop(old))
-            values.pop(old, None)
+            values[new] = values.pop(old)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:

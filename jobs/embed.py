@@ -32,7 +32,7 @@ MODES = ("cls", "mean", "last4")
 
 @dataclass
 class EmbedConfig:
-    PATHS = ("model", "input", "output")  # made absolute on the driver (jobs.paths)
+    PATHS = ("model", "input", "output")  # jobs.train.paths
     model: str = ""
     """The model: an MLflow URI (models:/..., runs:/...) or a HF BERT folder"""
     input: list[str] | None = None

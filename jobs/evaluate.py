@@ -43,7 +43,7 @@ SPEC_OVERRIDES = ("text_column", "text_pair_column", "label_column", "choice_col
 @dataclass
 class EvaluateConfig:
     RENAMED: ClassVar[dict[str, str]] = {"data": "input"}
-    PATHS = ("model", "input", "predictions")  # made absolute on the driver (jobs.paths)
+    PATHS = ("model", "input", "predictions")  # jobs.train.paths
     model: str = ""
     """The model: an MLflow URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/PATH) or a
     HF folder"""

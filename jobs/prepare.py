@@ -4,8 +4,9 @@ Example: bertpipe prepare --input corpus/ --output shards/ --format text --vocab
 
 
 The driver lists the inputs, settles the vocab, checks the output directory, then runs the
-three passes of `pipeline.shards` as Ray Data jobs (one task per file, per block, per shard)
-and writes `manifest.json` last: an output without a manifest is incomplete, and a rerun
+three passes of `pipeline.shards` as Ray Data jobs (one task per file part, per block, per
+shard) or, for small inputs (`--executor auto`), one after another in this process, and
+writes `manifest.json` last: an output without a manifest is incomplete, and a rerun
 replaces it. An output with a manifest for the same inputs and options is reused as is; one
 for different ones is refused unless `--overwrite`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -22,9 +24,10 @@ from typing import Callable
 from jobs.config import to_dict
 from jobs.train.runtime import ray_session, worker_env
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
+from pipeline.dynamic import MaskingSpec
 from pipeline.errors import InputError
 from pipeline.manifest import InputFile, Manifest, ShardEntry, VocabEntry
-from pipeline.read import check_first_record
+from pipeline.read import Part, check_first_record, plan_parts
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import build_block, merge_bins, plan_shards, tokenize_file, write_shard
 from pipeline.storage import delete, expand_inputs, join, list_names, read_text, write_file_atomic
@@ -162,21 +165,47 @@ def _train_vocab_task(cfg: PrepareConfig, files) -> list[str]:
     return train_vocab(sentences(), cfg.vocab_size, cfg.do_lower_case)
 
 
+def use_ray(cfg: PrepareConfig, total_bytes: int) -> tuple[bool, str]:
+    """Whether the job runs on Ray, and why. `auto` stays in this process for inputs up to
+    `local_max_bytes` unless a cluster is named or Ray is already up in this process: below
+    that size starting Ray (≈ 6 s) and scheduling tasks cost more than two cores save."""
+    if cfg.executor != "auto":
+        return cfg.executor == "ray", f"--executor {cfg.executor}"
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        return True, "a Ray cluster is named"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return True, "Ray is running in this process"
+    if total_bytes > cfg.local_max_bytes:
+        return True, f"input over --local-max-bytes {cfg.local_max_bytes / 1e6:.0f} MB"
+    return False, f"input up to --local-max-bytes {cfg.local_max_bytes / 1e6:.0f} MB"
+
+
 def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
     """Run the whole job; returns the manifest (also written as OUTPUT/manifest.json)."""
     cfg.validate()
-    if mapper is None and cfg.executor != "local":
-        with ray_session(cfg.address, worker_env([*cfg.input, cfg.output, cfg.vocab]),
-                         log_to_driver=False):
-            return prepare(cfg, ray_mapper())
     started = time.time()
     files = expand_inputs(cfg.input)
+    total_bytes = sum(size for _, size in files)
+    if mapper is None:
+        ray_, why = use_ray(cfg, total_bytes)
+        log(f"{len(files)} input file(s), {total_bytes / 1e6:.1f} MB; running "
+            f"{'on Ray' if ray_ else 'in this process'} ({why})")
+        if ray_:
+            with ray_session(cfg.address, worker_env([*cfg.input, cfg.output, cfg.vocab]),
+                             log_to_driver=False):
+                import ray
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                return _prepare(cfg, files, ray_mapper(), started, cpus)
+    return _prepare(cfg, files, mapper or local_mapper, started)
+
+
+def _prepare(cfg: PrepareConfig, files: list[tuple[str, int]], mapper: Mapper,
+             started: float, cpus: int = 1) -> Manifest:
+    """The job on `mapper`; `cpus` (the cluster's) only sets how finely files are split."""
     for path, _ in files[:1]:
         check_first_record(path, cfg.format, cfg.text_field, cfg.text_column)
     total_bytes = sum(size for _, size in files)
-    log(f"{len(files)} input file(s), {total_bytes / 1e6:.1f} MB")
-
-    mapper = mapper or local_mapper
     vocab_given_sha = hashlib.sha256(read_text(cfg.vocab).encode()).hexdigest() \
         if cfg.vocab else ""
     job_key = _job_key(cfg, files, vocab_given_sha)
@@ -192,11 +221,19 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
     work = join(cfg.output, "_work")
 
     num_blocks = max(1, math.ceil(total_bytes / cfg.block_bytes))
-    log(f"pass 1/3: tokenizing {len(files)} file(s) into {num_blocks} shuffle block(s)")
-    file_stats = mapper(
-        lambda row: tokenize_file(row["index"], row["path"], cfg, vocab, num_blocks, work),
-        [{"index": i, "path": p} for i, (p, _) in enumerate(files)], "tokenize")
-    file_stats.sort(key=lambda r: r["path"])
+    # parts of at most --split-bytes, and on a cluster small enough for 4 per CPU (the
+    # output is the same for any split)
+    split = cfg.split_bytes if cpus <= 1 else \
+        min(cfg.split_bytes, max(1 << 20, total_bytes // (4 * cpus)))
+    parts = [{"index": i, "path": p, "part": part.index, "start": part.start,
+              "end": -1 if part.end is None else part.end}
+             for i, (p, size) in enumerate(files)
+             for part in plan_parts(p, size, cfg.format, split)]
+    log(f"pass 1/3: tokenizing {len(files)} file(s) in {len(parts)} part(s) into "
+        f"{num_blocks} shuffle block(s)")
+    file_stats = _per_file(mapper(
+        lambda row: tokenize_file(int(row["index"]), row["path"], cfg, vocab, num_blocks, work,
+                                  _part(row)), parts, "tokenize"))
 
     log(f"pass 2/3: pairing and masking {num_blocks} block(s)")
     blocks = mapper(lambda row: build_block(row["block"], cfg, info, work),
@@ -211,8 +248,9 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
 
     log(f"pass 3/3: writing {total_instances} instances into {cfg.num_shards} shard(s)")
     plan = plan_shards(rows, cfg.num_shards)
+    with_starts = cfg.masking == "dynamic" and cfg.do_whole_word_mask
     shards = mapper(lambda row: write_shard(row["shard"], plan[row["shard"]], info.size,
-                                            work, cfg.output),
+                                            work, cfg.output, with_starts),
                     [{"shard": s} for s in range(cfg.num_shards)], "shards")
     shards.sort(key=lambda r: r["file"])
 
@@ -242,11 +280,41 @@ def prepare(cfg: PrepareConfig, mapper: Mapper | None = None) -> Manifest:
         skipped={"count": sum(skipped.values()), "by_reason": dict(sorted(skipped.items()))},
         counts=counts,
         instances_per_bin={str(b): sum(n.values()) for b, n in sorted(rows.items())},
-        shards=[ShardEntry(**s) for s in shards], seconds=round(elapsed, 2))
+        shards=[ShardEntry(**s) for s in shards], seconds=round(elapsed, 2),
+        masking=_masking(cfg))
     write_file_atomic(join(cfg.output, "manifest.json"), manifest.to_json().encode())
     delete(work)
     _summary(manifest, elapsed)
     return manifest
+
+
+def _part(row: dict) -> Part:
+    end = int(row["end"])
+    return Part(int(row["part"]), int(row["start"]), None if end < 0 else end)
+
+
+def _per_file(results: list[dict]) -> list[dict]:
+    """Pass 1's results per part summed per file (size and sha256 come from part 0)."""
+    files: dict[str, dict] = {}
+    for r in sorted(results, key=lambda r: (r["path"], r["part"])):
+        f = files.setdefault(r["path"], {"path": r["path"], "size": 0, "sha256": "",
+                                         "documents": 0, "sentences": 0, "tokens": 0,
+                                         "skipped": Counter()})
+        if r["part"] == 0:
+            f["size"], f["sha256"] = r["size"], r["sha256"]
+        for key in ("documents", "sentences", "tokens"):
+            f[key] += r[key]
+        f["skipped"].update(r["skipped"])
+    return list(files.values())
+
+
+def _masking(cfg: PrepareConfig) -> dict:
+    """The manifest's masking entry: which, and the parameters (the loader's, if dynamic)."""
+    spec = MaskingSpec(cfg.masked_lm_prob, cfg.max_predictions_per_seq, cfg.do_whole_word_mask,
+                       cfg.random_seed, word_starts=cfg.do_whole_word_mask)
+    if cfg.masking == "dynamic":
+        return spec.to_manifest()
+    return {**spec.to_manifest(), "mode": "static", "word_starts": False}
 
 
 def _summary(m: Manifest, elapsed: float) -> None:

@@ -31,7 +31,7 @@ DECAYS = [1e-3, 1e-2, 1e-1, 1.0]  # scikit-learn C = 1 / (decay x examples)
 
 @dataclass
 class ProbeConfig:
-    PATHS = ("model", "train", "validation", "test")  # made absolute on the driver (jobs.paths)
+    PATHS = ("model", "train", "validation", "test")  # jobs.train.paths
     task: Literal["classification"] = "classification"
     """The task (classification only: single texts or pairs)"""
     model: str = ""

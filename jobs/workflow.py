@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.config import ConfigError, apply_set, from_dict, read_yaml, renamed, values_for
-from jobs.paths import absolute, absolute_paths, absolute_tracking_uri, path_fields
-from jobs.results import combine, evaluation_models, headline
+from jobs.finetune.results import combine, evaluation_models, headline
+from jobs.train.paths import absolute, absolute_paths, absolute_tracking_uri, path_fields
 from pipeline.config import OUTPUT_FIELDS, PrepareConfig
 from pipeline.storage import exists, expand_inputs, join, read_text, write_file_atomic
 
@@ -89,7 +89,7 @@ def _sections(wf: Workflow) -> list[tuple[str, dict]]:
 
 
 def _absolute_paths(wf: Workflow) -> Workflow:
-    """Local relative paths made absolute (`jobs.paths`, each section by its job's path
+    """Local relative paths made absolute (`jobs.train.paths`, each section by its job's path
     fields): stage jobs run in workers with other working directories."""
     wf.storage = absolute(wf.storage)
     wf.tracking_uri = absolute_tracking_uri(wf.tracking_uri)
@@ -232,7 +232,7 @@ class Runner:
                  source: dict | None = None) -> dict:
         """One evaluate run of `model_uri`; or, when the fine-tune `source` kept several
         models (seeds, a scratch baseline) and no model is given, one per model nested
-        under a stage run that carries both sides' means and the gain (`jobs.results`)."""
+        under a stage run that carries both sides' means and the gain (`jobs.finetune.results`)."""
         from jobs.evaluate import EvaluateConfig
         from jobs.evaluate import run as evaluate
         wf = self.wf
@@ -285,7 +285,7 @@ class Runner:
         return {**self.stage(f"probe-{index}", key, lambda: probe(cfg)), "key": key}
 
     def headline(self) -> dict[str, float]:
-        """The stages' headline metrics, logged on the parent run (`jobs.results`)."""
+        """The stages' headline metrics, logged on the parent run (`jobs.finetune.results`)."""
         metrics = headline(self.stages)
         if self.parent_run_id and metrics:
             from jobs.tracking import Tracker
@@ -296,7 +296,7 @@ class Runner:
 
 
 def _config(cls, settings: dict, origin: str):
-    """A stage's config from its settings, local paths made absolute (`jobs.paths`)."""
+    """A stage's config from its settings, local paths made absolute (`jobs.train.paths`)."""
     return absolute_paths(from_dict(cls, settings, origin=origin))
 
 

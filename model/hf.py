@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -44,11 +46,35 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         files = [path / f for f in sorted(set(weight_map.values()))]
     state = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True))
+        state.update(_read_tensors(f))
     return state
+
+
+def _read_tensors(f: Path) -> dict[str, torch.Tensor]:
+    """One weights file; a file that is not what its name says, or a pickle that would run
+    code, is a one-line ModelError (nothing in it is executed)."""
+    if f.suffix == ".safetensors":
+        try:
+            return load_file(f)
+        except Exception as e:  # SafetensorError: a pickle or anything else under that name
+            raise ModelError(f"{f} is not a safetensors file ({_first_line(e)}); refusing to "
+                             "load it") from None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: code, not tensors
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it calls {found.group(1)}" if found else _first_line(e)
+        raise ModelError(f"{f} holds pickled code, not only tensors ({what}); refused, "
+                         "nothing in it was run (use a model.safetensors from a trusted "
+                         "source)") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise ModelError(f"{f} is not a readable PyTorch weights file ({_first_line(e)})") \
+            from None
+
+
+def _first_line(e: Exception) -> str:
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    return f"{type(e).__name__}: {line[:160]}" if line else type(e).__name__
 
 
 def hf_keys(state: dict, model: torch.nn.Module) -> dict:
@@ -128,8 +154,11 @@ def read_vocab(vocab: str | Path | list[str]) -> list[str]:
     if isinstance(vocab, (str, Path)):
         if not Path(vocab).is_file():
             raise ModelError(f"vocab file {vocab} does not exist")
-        return [line.rstrip("\r\n") for line in
-                Path(vocab).read_text(encoding="utf-8").splitlines()]
+        # "\n" only: str.splitlines() breaks tokens such as U+2028 (bert-base-chinese)
+        lines = Path(vocab).read_bytes().decode("utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.rstrip("\r") for line in lines]
     return list(vocab)
 
 

@@ -14,7 +14,7 @@ from pipeline.errors import InputError
 
 @dataclass
 class PrepareConfig:
-    PATHS = ("input", "output", "vocab")  # made absolute on the driver (jobs.paths)
+    PATHS = ("input", "output", "vocab")  # jobs.train.paths
     input: list[str] = field(default_factory=list)
     """Input files, directories or globs, local or s3:// (.gz/.bz2/.zst read transparently)"""
     output: str = ""
@@ -41,15 +41,26 @@ class PrepareConfig:
     masked_lm_prob: float = 0.15
     """Fraction of tokens chosen for masked-LM prediction"""
     short_seq_prob: float = 0.1
-    """Probability of a shorter target length, to reduce the pretrain/fine-tune mismatch"""
-    dupe_factor: int = 10
-    """Passes over the corpus, each with different masks (Google's default: 10)"""
+    """Probability of a shorter target length, to reduce the pretrain/fine-tune mismatch
+    (NSP pairs only: --no-nsp rows are full length, as RoBERTa's)"""
+    dupe_factor: int | None = None
+    """Passes over the corpus, each with different masks (Google's default: 10); default 10
+    with static masking, 1 with dynamic (the loader masks anew every epoch)"""
+    masking: Literal["static", "dynamic"] = "static"
+    """static: masks written into the shards, one set per pass (Google); dynamic: instances
+    written once, unmasked, and masked by the loader per epoch (RoBERTa)"""
     do_whole_word_mask: bool = False
     """Mask whole words (all WordPieces of a word) instead of single WordPieces"""
+    word_segmenter: str | None = None
+    """With --do-whole-word-mask: group the characters of a segmenter's word (Chinese):
+    jieba, or MODULE:FUNCTION returning the words of a text"""
     random_seed: int = 12345
     """Seed of every random choice; same inputs + config + seed = byte-identical shards"""
     nsp: bool = True
-    """Next-sentence prediction pairs; --no-nsp makes single-segment instances (RoBERTa style)"""
+    """Next-sentence prediction pairs (Google); --no-nsp makes RoBERTa's FULL-SENTENCES rows:
+    contiguous sentences up to the length, across documents with an extra [SEP] between them"""
+    doc_sentences: bool = False
+    """With --no-nsp: rows never cross a document boundary (RoBERTa's DOC-SENTENCES)"""
     num_shards: int = 8
     """Number of output shards (balanced: row counts equal +-1)"""
     bin_size: int = 32
@@ -60,8 +71,23 @@ class PrepareConfig:
     """Replace an existing output made with different inputs or options"""
     address: str | None = None
     """Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)"""
-    executor: Literal["ray", "local"] = "ray"
-    """ray: Ray Data tasks (default); local: the same passes in this process, one by one"""
+    executor: Literal["auto", "ray", "local"] = "auto"
+    """auto: in this process for small inputs (below --local-max-bytes, no --address or
+    RAY_ADDRESS), else Ray; ray: Ray Data tasks; local: the passes in this process, one by one"""
+    local_max_bytes: int = 64_000_000
+    """With --executor auto: inputs up to this many bytes run in this process (Ray's start-up
+    costs more than it saves below it)"""
+    split_bytes: int = 16_000_000
+    """Input files larger than this are tokenized in line-aligned parts of at most this
+    size, in parallel (on Ray also small enough for 4 parts per CPU; compressed files:
+    parts of the decompressed text)"""
+
+    @property
+    def passes(self) -> int:
+        """The resolved dupe factor: 10 for static masking, 1 for dynamic, unless given."""
+        if self.dupe_factor is not None:
+            return self.dupe_factor
+        return 1 if self.masking == "dynamic" else 10
 
     def validate(self) -> "PrepareConfig":
         if not self.input:
@@ -79,16 +105,28 @@ class PrepareConfig:
             raise InputError(f"--masked-lm-prob {self.masked_lm_prob} must be between 0 and 1")
         if not 0 <= self.short_seq_prob <= 1:
             raise InputError(f"--short-seq-prob {self.short_seq_prob} must be between 0 and 1")
-        for name in ("dupe_factor", "num_shards", "max_predictions_per_seq", "block_bytes"):
+        if self.dupe_factor is None:
+            self.dupe_factor = self.passes
+        if self.doc_sentences and self.nsp:
+            raise InputError("--doc-sentences makes single-segment rows: pass it with --no-nsp")
+        for name in ("dupe_factor", "num_shards", "max_predictions_per_seq", "block_bytes",
+                     "split_bytes"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.bin_size < 0:
             raise InputError("--bin-size must be 0 (off) or positive")
+        if self.word_segmenter is not None:
+            if not self.do_whole_word_mask:
+                raise InputError(f"--word-segmenter {self.word_segmenter} only shapes whole-word "
+                                 "masking: add --do-whole-word-mask")
+            from pipeline.segment import check_segmenter
+            check_segmenter(self.word_segmenter)
         if self.vocab_size is not None and self.vocab_size < 100:
             raise InputError(f"--vocab-size {self.vocab_size} is too small (at least 100)")
         return self
 
 
-# Fields that change the shards' content; the rest (address, executor, overwrite, output) do not.
-OUTPUT_FIELDS = tuple(f for f in PrepareConfig.__dataclass_fields__
-                      if f not in ("address", "executor", "overwrite", "output"))
+# Fields that change the shards' content; the rest (where and how it runs, overwrite, output)
+# do not: the same inputs and options give the same bytes however the work is split.
+RUN_FIELDS = ("address", "executor", "local_max_bytes", "split_bytes", "overwrite", "output")
+OUTPUT_FIELDS = tuple(f for f in PrepareConfig.__dataclass_fields__ if f not in RUN_FIELDS)

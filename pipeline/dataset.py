@@ -1,13 +1,18 @@
 """A `prepare` output as the training side sees it: manifest, shard metadata, shard columns.
 
 `open_dataset` reads and checks `manifest.json` (typed: `pipeline.manifest.Manifest`);
-`check_fits` refuses data a model cannot take; `split_holdout` sets evaluation shards
-aside; `read_shard` reads one shard's columns as flat numpy arrays and checks them against
-the manifest (rows, length bins). Pure pyarrow / numpy. Never imports Ray, DeepSpeed or
-MLflow, never batches or trains.
+`verify_files` checks every shard and the vocab against the manifest's sizes and sha256
+(before any worker starts: a damaged, truncated, missing or foreign file is one line, not a
+traceback from a worker); `check_fits` refuses data a model cannot take; `split_holdout`
+sets evaluation shards aside; `read_shard` reads one shard's columns as flat numpy arrays and
+checks them against the manifest (rows, length bins). Pure pyarrow / numpy. Never imports
+Ray, DeepSpeed or MLflow, never batches or trains.
 """
 from __future__ import annotations
 
+import hashlib
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +22,10 @@ from pipeline.errors import InputError
 from pipeline.manifest import Manifest
 from pipeline.schema import COLUMNS, length_bin
 from pipeline.storage import exists, filesystem, join, read_text
+
+VERIFY_LEVELS = ("full", "size", "off")
+HASH_CHUNK = 8 << 20
+HASH_THREADS = 8  # files hashed at once: hashlib and pyarrow reads release the GIL
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,86 @@ def open_dataset(path: str) -> Dataset:
     return Dataset(path, manifest, shards)
 
 
+def _sizes(ds: Dataset, names: list[str]) -> dict[str, int]:
+    """name -> bytes of the files among `names` that exist: one listing per folder (an object
+    store answers a listing with every size at once)."""
+    import pyarrow.fs as pafs
+    fs, root = filesystem(ds.path)
+    sizes = {}
+    for folder in sorted({posixpath.dirname(n) for n in names}):
+        inner = posixpath.join(root, folder) if folder else root
+        for info in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True)):
+            if info.type == pafs.FileType.File:
+                name = posixpath.basename(info.path)
+                sizes[posixpath.join(folder, name) if folder else name] = info.size
+    return sizes
+
+
+def _sha256(ds: Dataset, name: str) -> str:
+    fs, inner = filesystem(join(ds.path, name))
+    digest = hashlib.sha256()
+    with fs.open_input_stream(inner) as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _diagnose(ds: Dataset, name: str, rows: int | None) -> str:
+    """Why a file whose bytes differ from the manifest's is wrong, read from its footer."""
+    if rows is None:
+        return "its sha256 differs from the manifest's (changed or damaged)"
+    fs, inner = filesystem(join(ds.path, name))
+    try:
+        meta = pq.read_metadata(inner, filesystem=fs)
+    except Exception as e:  # ArrowInvalid / OSError: not Parquet any more
+        return f"damaged: not readable as Parquet ({str(e).splitlines()[0][:120]})"
+    if set(COLUMNS) - set(meta.schema.to_arrow_schema().names):
+        return "not a shard of `bertpipe prepare` (its columns differ)"
+    if meta.num_rows != rows:
+        return (f"a shard of another dataset or run ({meta.num_rows} rows, the manifest "
+                f"records {rows})")
+    return "its bytes differ from the manifest's sha256 (damaged on disk or in a copy)"
+
+
+def verify_files(ds: Dataset, level: str = "full") -> dict:
+    """Refuse data whose files do not match `manifest.json`, before anything trains on it.
+
+    size: every shard and the vocab are there with the recorded sizes (from listings);
+    full: also their sha256, streamed, several files at once. One InputError line names the
+    first bad file and what is wrong with it. Returns {"files", "bytes", "level"}."""
+    if level not in VERIFY_LEVELS:
+        raise InputError(f"verify_data must be one of {', '.join(VERIFY_LEVELS)} (got {level!r})")
+    m = ds.manifest
+    # (name, size or 0 when unrecorded, sha256, rows for a shard / None for the vocab)
+    files = [(s.file, s.size or 0, s.sha256, s.rows) for s in m.shards]
+    files.append((m.vocab.file, 0, m.vocab.sha256, None))
+    if level == "off":
+        return {"files": 0, "bytes": 0, "level": level}
+    sizes = _sizes(ds, [f[0] for f in files])
+    problems = []
+    for name, size, _, rows in files:
+        if name not in sizes:
+            problems.append(f"{name} is missing")
+        elif size and sizes[name] < size:
+            problems.append(f"{name} is truncated: {sizes[name]} bytes, the manifest records "
+                            f"{size}")
+        elif size and sizes[name] != size:
+            problems.append(f"{name}: {_diagnose(ds, name, rows)} ({sizes[name]} bytes, the "
+                            f"manifest records {size})")
+    if not problems and level == "full":
+        todo = [f for f in files if f[2]]
+        with ThreadPoolExecutor(min(HASH_THREADS, max(1, len(todo)))) as pool:
+            found = list(pool.map(lambda f: _sha256(ds, f[0]), todo))
+        problems = [f"{name}: {_diagnose(ds, name, rows)}"
+                    for (name, _, sha, rows), got in zip(todo, found) if got != sha]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(f"--data {ds.path}: {problems[0]}{more}; restore the file(s) from "
+                         "where they came, or re-run `bertpipe prepare`")
+    return {"files": len(files), "bytes": sum(sizes.get(f[0], 0) for f in files),
+            "level": level}
+
+
 def check_fits(ds: Dataset, vocab_size: int, max_position_embeddings: int,
                max_seq_length: int | None = None) -> None:
     """Refuse data a model cannot take: token ids past its vocab, rows past its positions."""
@@ -124,6 +213,8 @@ class ShardData:
     segment_b_start: np.ndarray
     nsp_label: np.ndarray
     num_tokens: np.ndarray
+    word_starts: np.ndarray | None = None
+    """(total_tokens,) uint8 whole-word group starts (dynamic masking with whole words)"""
 
     @property
     def rows(self) -> int:
@@ -141,8 +232,10 @@ def read_shard(ds: Dataset, meta: ShardMeta, bin_size: int | None = None) -> Sha
     """Read a whole shard and check it against its manifest entry (rows, bins ascending)."""
     path = join(ds.path, meta.file)
     fs, inner = filesystem(path)
+    with_starts = bool(ds.manifest.masking.get("word_starts"))
     try:
-        table = pq.read_table(inner, filesystem=fs, columns=list(COLUMNS))
+        table = pq.read_table(inner, filesystem=fs,
+                              columns=[*COLUMNS, *(["word_starts"] if with_starts else [])])
     except (OSError, FileNotFoundError) as e:
         raise InputError(f"shard {path}: cannot read it ({str(e).splitlines()[0]})") from None
     except Exception as e:  # pyarrow raises ArrowInvalid for a damaged or foreign file
@@ -155,7 +248,8 @@ def read_shard(ds: Dataset, meta: ShardMeta, bin_size: int | None = None) -> Sha
     data = ShardData(meta.index, ids, ids_off, pos, mids, mlm_off,
                      table.column("segment_b_start").to_numpy().astype(np.int64),
                      table.column("next_sentence_label").to_numpy().astype(np.int64),
-                     table.column("num_tokens").to_numpy().astype(np.int64))
+                     table.column("num_tokens").to_numpy().astype(np.int64),
+                     _list_column(table, "word_starts")[0] if with_starts else None)
     if data.rows != meta.rows:
         raise InputError(f"shard {path}: {data.rows} rows but the manifest says {meta.rows}; "
                          "the data directory is inconsistent, re-run `bertpipe prepare`")

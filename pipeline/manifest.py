@@ -38,6 +38,8 @@ class ShardEntry:
     rows_per_bin: dict[str, int]
     """Length bin -> rows, bins ascending as the rows are ordered in the file"""
     tokens: int = 0
+    size: int | None = None
+    """Bytes of the file (None: a manifest written before sizes were recorded)"""
 
 
 @dataclass
@@ -59,12 +61,21 @@ class Manifest:
     instances_per_bin: dict[str, int]
     shards: list[ShardEntry]
     seconds: float = 0.0
+    masking: dict = field(default_factory=dict)
+    """{"mode": "static" | "dynamic", "masked_lm_prob", "max_predictions_per_seq",
+    "do_whole_word_mask", "seed", "word_starts"}: with "dynamic" the loader masks with these
+    (`pipeline.dynamic`). Empty (and not written back) for older manifests: static"""
     extra: dict = field(default_factory=dict)
     """Keys this version does not know, kept as they were"""
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(out.pop("extra"))
+        if not out["masking"]:
+            del out["masking"]   # an older manifest reads and writes back as it was
+        for shard in out["shards"]:  # written back as it was read
+            if shard["size"] is None:
+                del shard["size"]
         return out
 
     def to_json(self) -> str:

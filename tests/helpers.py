@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +22,7 @@ from jobs.tracking.server import free_port, start_mlflow, stop_group
 from pipeline.schema import SCHEMA_VERSION, SPECIAL_TOKENS, instance_schema, length_bin
 
 __all__ = ["free_port", "wait_for_port", "lean_server", "make_rows", "write_dataset", "VOCAB", "CLS", "SEP",
-           "MASK"]
+           "MASK", "planned_digest"]
 
 VOCAB = 1000
 CLS, SEP, MASK = 2, 3, 4
@@ -77,7 +79,8 @@ def write_dataset(out: Path, num_shards=4, rows_per_shard=60, max_len=64, bin_si
             bins[b] = bins.get(b, 0) + 1
         shards.append({"file": name, "rows": len(rows),
                        "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
-                       "rows_per_bin": bins, "tokens": sum(r["num_tokens"] for r in rows)})
+                       "rows_per_bin": bins, "tokens": sum(r["num_tokens"] for r in rows),
+                       "size": (out / name).stat().st_size})
     vocab = "\n".join([*SPECIAL_TOKENS, *(f"t{i}" for i in range(len(SPECIAL_TOKENS), VOCAB))])
     (out / "vocab.txt").write_text(vocab + "\n")
     manifest = {"schema_version": SCHEMA_VERSION,
@@ -110,3 +113,30 @@ def lean_server(root: Path, port: int | None = None):
         yield uri
     finally:
         stop_group(proc.pid)
+
+
+def cxx_compiler() -> str | None:
+    """Inductor's CPU backend builds C++: without a compiler there is no torch.compile test."""
+    return next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++")
+                 if c and shutil.which(c)), None)
+
+
+def planned_digest(data: Path | str, steps: int, batch_size: int, world: int, seed: int = 42,
+                   eval_shards: int = 1) -> str:
+    """The `data_digest` a pretraining run of `steps` optimizer steps (no accumulation)
+    reports when it trains on exactly the samples its loaders plan: each rank's running hash
+    of the sample ids of its micro-batches, replayed here without training."""
+    from jobs.pretrain.metrics import sample_digest
+    from pipeline.dataset import open_dataset, split_holdout
+    from pipeline.loader import PretrainLoader
+    ds = open_dataset(str(data))
+    train, _ = split_holdout(ds.shards, eval_shards)
+    digests = []
+    for rank in range(world):
+        stream = PretrainLoader(ds, train, batch_size // world, rank=rank, world_size=world,
+                                seed=seed, prefetch=False).iterate()
+        digest = ""
+        for _ in range(steps):
+            digest = sample_digest(digest, next(stream).sample_ids)
+        digests.append(digest)
+    return hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -7,6 +7,8 @@ Three numbers on the same data and model:
    steady state (the last logging window, after warm-up), against num_workers x (1);
 3. loader alone: micro-batches/s one rank's `PretrainLoader` produces (shard reads and
    collation included), against the micro-batches/s a worker's step consumes. Target >= 5x.
+   Without --data, also for the same corpus prepared with `--masking dynamic`: masked
+   batches/s, the masking done by the loader (in its background thread, and without it).
 Prints a JSON object as its last line. Without --data it prepares the pinned Wikipedia
 corpus once into the cache (`bertpipe prepare`, local executor). Never asserts a speed.
 """
@@ -26,17 +28,21 @@ def log(msg: str) -> None:
     print(f"[bench pretrain] {msg}", file=sys.stderr, flush=True)
 
 
-def default_data() -> Path:
-    """The Wikipedia fixture prepared once (4096-token vocab trained on it, seq 128)."""
+def default_data(masking: str = "static") -> Path:
+    """The Wikipedia fixture prepared once (4096-token vocab trained on it, seq 128); the
+    dynamic twin takes the static one's vocab."""
     from jobs.assets import cache_dir, wiki_jsonl
-    out = cache_dir() / "bench" / "wiki128-v4096"
+    base = cache_dir() / "bench" / "wiki128-v4096"
+    out = base if masking == "static" else base.with_name(base.name + "-dynamic")
     if not (out / "manifest.json").exists():
         from jobs.prepare import prepare
         from pipeline.config import PrepareConfig
         log(f"preparing the Wikipedia corpus into {out}")
-        prepare(PrepareConfig(input=[str(wiki_jsonl())], format="jsonl", vocab_size=4096,
+        vocab = {"vocab_size": 4096} if masking == "static" else \
+            {"vocab": str(default_data() / "vocab.txt")}
+        prepare(PrepareConfig(input=[str(wiki_jsonl())], format="jsonl", **vocab,
                               output=str(out), max_seq_length=128, dupe_factor=1, num_shards=6,
-                              executor="local"))
+                              masking=masking, executor="local"))
     return out
 
 
@@ -57,9 +63,11 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
     ds = open_dataset(cfg.data)
     train, _ = split_holdout(ds.shards, cfg.eval_shards)
     loader = PretrainLoader(ds, train, cfg.micro_batch(), rank=0, world_size=cfg.num_workers,
-                            seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of)
+                            seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of,
+                            packing=cfg.packing)
     stream = loader.iterate()
-    data = [next(stream).model_inputs(device) for _ in range(batches + warmup)]
+    collated = [next(stream) for _ in range(batches + warmup)]
+    data = [b.model_inputs(device) for b in collated]
     model = build_model(model_config(cfg, ds, None), None, cfg.seed).to(device).train()
     opt = build_optimizer(model, cfg, gpu)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.resolved_precision(gpu))
@@ -75,22 +83,25 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
-            samples += inputs["input_ids"].shape[0]
+            samples += len(collated[i])  # instances, however many rows they fill
     if gpu:
         torch.cuda.synchronize()
     took = time.perf_counter() - started
     return {"samples_per_s": samples / took, "micro_steps_per_s": batches / took}
 
 
-def loader_rate(cfg: PretrainConfig, batches: int = 2000) -> dict:
-    """Micro-batches/s of one rank's loader, from position 0 (first shard read included)."""
+def loader_rate(cfg: PretrainConfig, batches: int = 2000, data: str | None = None,
+                prefetch: bool | None = None) -> dict:
+    """Micro-batches/s of one rank's loader, from position 0 (first shard read included;
+    for dynamic data, the masking of every shard it reads)."""
     from pipeline.dataset import open_dataset, split_holdout
     from pipeline.loader import PretrainLoader
-    ds = open_dataset(cfg.data)
+    ds = open_dataset(data or cfg.data)
     train, _ = split_holdout(ds.shards, cfg.eval_shards)
     loader = PretrainLoader(ds, train, cfg.micro_batch(), rank=0, world_size=cfg.num_workers,
                             seed=cfg.seed, pad_to_multiple_of=cfg.pad_to_multiple_of,
-                            prefetch=cfg.prefetch)
+                            prefetch=cfg.prefetch if prefetch is None else prefetch,
+                            packing=cfg.packing)
     started = time.perf_counter()
     stream = loader.iterate()
     samples = 0
@@ -143,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": cfg.model, "micro_batch_size": cfg.micro_batch(),
               "num_workers": cfg.num_workers, "bare_step": bare, "loader": loader,
               "loader_vs_step": ratio}
+    if args.data is None:
+        dynamic = str(default_data("dynamic"))
+        for prefetch in (True, False):
+            rate = loader_rate(cfg, data=dynamic, prefetch=prefetch)
+            key = "loader_dynamic" if prefetch else "loader_dynamic_no_prefetch"
+            result[key] = rate
+            result[key + "_vs_step"] = rate["batches_per_s"] / bare["micro_steps_per_s"]
+            log(f"  dynamic masks{'' if prefetch else ', no prefetch'}: "
+                f"{rate['batches_per_s']:.0f} masked batches/s = "
+                f"{result[key + '_vs_step']:.0f}x what a step consumes")
     if not args.skip_job:
         log(f"full job: {cfg.num_workers} workers, ZeRO {cfg.zero_stage}, {cfg.max_steps} steps")
         job = full_job(cfg)

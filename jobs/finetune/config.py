@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from jobs.config import ConfigError, to_yaml
+from jobs.config import ConfigError, hidden, to_yaml
 from jobs.train.config import ComputeConfig, OptimConfig, TrackingConfig
 
 TASKS = ("classification", "token-classification", "question-answering", "multiple-choice")
@@ -27,7 +27,7 @@ PAPER_GRID = {"learning_rate": [5e-5, 3e-5, 2e-5], "batch_size": [16, 32], "epoc
 
 @dataclass
 class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
-    PATHS = ("model", "train", "validation", "storage_path", "output")  # jobs.paths
+    PATHS = ("model", "train", "validation", "storage_path", "output")  # jobs.train.paths
     task: Literal["classification", "token-classification", "question-answering",
                   "multiple-choice"] = "classification"
     """classification (single sentence or pair; regression for numeric labels),
@@ -129,6 +129,9 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Where Ray Train keeps each trial's best checkpoint (a shared folder or s3://)"""
     output: str | None = None
     """Also copy the best model (a HF folder) here"""
+    fail_trial_learning_rate: float | None = hidden()
+    """Testing: the trial with this learning rate runs out of memory at its first step (a
+    stand-in for a CUDA OOM; fault tests)"""
 
     # -- derived values -------------------------------------------------------------
     def default_metric(self, regression: bool) -> str:
@@ -193,7 +196,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
         return self
 
     def default_run_name(self) -> str:
-        skip = (*self.TRACKING_KEYS, "log_every", "output", "max_concurrent_trials")
+        skip = (*self.TRACKING_KEYS, "log_every", "output", "max_concurrent_trials",
+                "fail_trial_learning_rate")
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"finetune-{self.task}-{digest}"

@@ -141,7 +141,7 @@ def run(cfg: FinetuneConfig) -> dict:
         outcomes = run_trials(jobs, cfg.max_concurrent_trials, on_done=fit_done)
         for o in outcomes:
             if "error" in o:
-                log(f"fit {o['name']} failed: {o['error']}")
+                log(o["error"])  # "trial NAME failed: ..."
         picked = {side: pick(outcomes, spec.metric, side) for side in sides}
         if picked["pretrained"] is None:
             for side_run in sides.values():

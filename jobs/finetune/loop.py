@@ -156,6 +156,9 @@ def train_loop(loop_config: dict) -> dict | None:
     loss_sum, loss_count = torch.zeros((), device=device), 0  # on the device: no sync per step
     trained = [time.time(), None]  # wall-clock interval of the training loop itself
     try:
+        if cfg.fail_trial_learning_rate == trial["learning_rate"]:  # testing knob
+            raise torch.OutOfMemoryError(f"{loop_config['trial_name']}: out of memory at its "
+                                         "first step (fail_trial_learning_rate, a test stand-in)")
         for epoch in range(1, trial["epochs"] + 1):
             net.train()
             order = epoch_order(len(train), seed, epoch, rank, world)

@@ -46,10 +46,14 @@ def check_metric(spec: TaskSpec) -> None:
 
 
 def to_tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
+    """int64 / float32 tensors on `device`; to a GPU pinned and copied without blocking (a
+    copy from pageable memory makes the host wait for the device's queued work)."""
+    cuda = torch.device(device).type == "cuda"
     out = {}
     for k, v in batch.items():
         t = torch.from_numpy(np.ascontiguousarray(v))
-        out[k] = (t.float() if t.is_floating_point() else t.long()).to(device)
+        t = t.float() if t.is_floating_point() else t.long()
+        out[k] = (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
     return out
 
 

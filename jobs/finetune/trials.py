@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.train.failures import root_cause
 from jobs.train.runtime import settings_env, storage_root
 from pipeline.storage import delete, join
 
@@ -60,8 +61,13 @@ def fit_trial(job: TrialJob) -> dict:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise TrialFailed(f"trial {job.name} failed: {first[:300]}") from e
+        # the error that explains the others, not Ray's "Training failed due to worker errors"
+        raise TrialFailed(f"trial {job.name} failed: {root_cause(e).line[:300]}") from e
+    except Exception as e:  # local mode raises the loop's own error
+        cause = root_cause(e)
+        if not local or cause.kind == "user":  # bad input fails every trial: say so once
+            raise
+        raise TrialFailed(f"trial {job.name} failed: {cause.line[:300]}") from e
     out = result.return_value or {}
     checkpoint = result.checkpoint
     if local and out.get("best_dir"):

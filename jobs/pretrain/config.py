@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from jobs.config import ConfigError, hidden, to_yaml
 from jobs.train.config import ComputeConfig, OptimConfig, TrackingConfig
@@ -22,7 +23,7 @@ from jobs.train.device import resolve_precision
 
 @dataclass
 class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
-    PATHS = ("data", "storage_path", "init_from", "deepspeed_config")  # jobs.paths
+    PATHS = ("data", "storage_path", "init_from", "deepspeed_config")  # jobs.train.paths
     data: str = ""
     """Output directory of `bertpipe prepare` (local or s3://): shards, vocab.txt, manifest.json"""
     model: str = "bert-base"
@@ -57,7 +58,15 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     pad_to_multiple_of: int = 1
     """Pad each batch's length up to a multiple of this (8 suits tensor cores)"""
     prefetch: bool = True
-    """Read the next shard in a background thread"""
+    """Read the next shard and build batches ahead in background threads"""
+    packing: bool = False
+    """Pack several instances into each row up to the data's max_seq_length (batches drawn
+    from the whole shard, not one length bin): the same loss per instance, less padding"""
+    compile: bool = False
+    """torch.compile the encoder (ZeRO 0-2)"""
+    system_metrics_every: float = 10.0
+    """Seconds between the system metrics rank 0 logs to the MLflow run (CPU, memory; GPU
+    utilisation and memory with nvidia-ml-py); 0 = none"""
     log_every: int = 10
     """Steps between progress lines and MLflow metrics"""
     eval_every: int = 500
@@ -76,8 +85,17 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Where checkpoints go: a shared folder or s3:// (Ray Train storage)"""
     experiment: str = "bertpipe-pretrain"
     """MLflow experiment of the run"""
+    verify_data: Literal["full", "size", "off"] = "full"
+    """Check --data against manifest.json before training: full (every file's size and
+    sha256, streamed in parallel), size (sizes from a listing: for very large data), off"""
     fail_at_step: int | None = hidden()
     """Testing: a worker kills itself after this step, once per run (fault-tolerance tests)"""
+    hold_at_step: int | None = hidden()
+    """Testing: rank 0 holds after this step's checkpoint until a test releases it (a test
+    injects a fault at a known point: a lost node, an MLflow restart)"""
+    fail_while_saving: bool = hidden(False)
+    """Testing: with fail_at_step, the last rank dies in the middle of uploading that step's
+    checkpoint, once rank 0's part is in storage (a torn checkpoint)"""
 
     # -- derived values ---------------------------------------------------------------
     def micro_batch(self) -> int:
@@ -108,13 +126,17 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
                      "keep_checkpoints", "pad_to_multiple_of", "vocab_multiple"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("eval_every", "eval_shards", "eval_samples", "max_failures"):
+        for name in ("eval_every", "eval_shards", "eval_samples", "max_failures",
+                     "system_metrics_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)})")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("offload_params needs zero_stage 3")
+        if self.compile and self.zero_stage == 3:
+            raise ConfigError("compile does not work with zero_stage 3 (its parameter gathering "
+                              "breaks the compiled graph); use zero_stage 0-2 or drop --compile")
         micro = self.micro_batch()
         if micro < 1 or self.batch_size % (micro * self.num_workers):
             raise ConfigError(
@@ -124,7 +146,9 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
 
     def default_run_name(self) -> str:
         """Stable for the same job: rerunning the same command resumes the same run."""
-        skip = (*self.TRACKING_KEYS, "fail_at_step", "log_every")
+        skip = (*self.TRACKING_KEYS, "fail_at_step", "fail_while_saving", "hold_at_step",
+                "log_every", "system_metrics_every", "compile", "verify_data")  # none
+        # changes what is trained: a rerun with them resumes
         keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"pretrain-{self.model}-{digest}"

@@ -23,25 +23,27 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from jobs.config import ConfigError
-from jobs.paths import absolute_paths
-from jobs.pretrain.checkpoint import TrainerState, latest_state
+from jobs.pretrain.checkpoint import TrainerState, latest_state, remove_torn
 from jobs.pretrain.config import PretrainConfig
 from jobs.tracking import Tracker, default_tracking_uri
 from jobs.train.device import use_gpu
+from jobs.train.failures import advice, root_cause
+from jobs.train.paths import absolute_paths
 from jobs.train.runtime import (
     JobFailed,
     ray_session,
     secrets_env,
     settings_env,
+    share_secrets,
     worker_env,
-    worker_runtime_env,
 )
 from jobs.train.sources import resolve_model
 from model import BertConfig
-from pipeline.dataset import Dataset, open_dataset, split_holdout
+from pipeline.dataset import Dataset, open_dataset, split_holdout, verify_files
 from pipeline.loader import PretrainLoader
 from pipeline.stats import Unigram, diagnostics, plateau_warning, unigram_baseline
 from pipeline.storage import is_remote
@@ -70,12 +72,19 @@ def check_job(cfg: PretrainConfig) -> Job:
     from jobs.pretrain.model import model_config
     cfg = absolute_paths(cfg.validate())  # the CLI did it; Python callers may not have
     ds = open_dataset(cfg.data)
+    started = time.perf_counter()
+    checked = verify_files(ds, cfg.verify_data)  # a damaged shard: one line, no worker started
+    if checked["files"]:
+        log(f"data checked against its manifest ({cfg.verify_data}): {checked['files']} files, "
+            f"{checked['bytes'] / 1e6:.1f} MB in {time.perf_counter() - started:.1f}s")
     train_shards, _ = split_holdout(ds.shards, cfg.eval_shards)
     # the plan is metadata only: refuse a batch or worker count the data cannot serve, now
-    PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed)
+    PretrainLoader(ds, train_shards, cfg.micro_batch(), world_size=cfg.num_workers, seed=cfg.seed,
+                   packing=cfg.packing)
     run_name = cfg.run_name or cfg.default_run_name()
     saved = latest_state(cfg.storage_path, run_name)
-    problem = saved and saved.mismatch(TrainerState(cfg.num_workers, cfg.micro_batch(), cfg.seed))
+    problem = saved and saved.mismatch(TrainerState(cfg.num_workers, cfg.micro_batch(), cfg.seed,
+                                                    cfg.packing))
     if problem:
         raise ConfigError(f"run {run_name} exists in {cfg.storage_path} and cannot resume: "
                           f"{problem}")
@@ -133,6 +142,10 @@ def run(cfg: PretrainConfig) -> dict:
     """Train; returns the summary printed as the last line of `bertpipe pretrain`."""
     job = check_job(cfg)
     cfg = job.cfg
+    torn = remove_torn(cfg.storage_path, job.run_name)
+    if torn:
+        log(f"removed checkpoint folder(s) that Ray never committed (a failure while saving): "
+            f"{', '.join(torn)}")
     paths = (cfg.data, cfg.storage_path, cfg.init_from)
     with ray_session(cfg.address, worker_env(paths, job.tracking_uri)):
         gpu = use_gpu(cfg.use_gpu)
@@ -171,14 +184,13 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
                            "unigram_loss": job.unigram.loss,
                            "use_gpu": gpu, "tracking_uri": job.tracking_uri, "run_id": run_id,
                            "init_dir": str(job.init_dir) if job.init_dir else None,
-                           "env": settings_env()},
+                           "env": settings_env(), "secrets": share_secrets(secrets)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=job.run_name, storage_path=cfg.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env=worker_runtime_env(secrets) if secrets else None))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)))
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as e:
@@ -186,6 +198,9 @@ def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
             failed = Tracker(job.tracking_uri, cfg.experiment, job.run_name)
             failed.run_id = run_id
             failed.finish("FAILED")
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise JobFailed(f"training of {job.run_name} failed: {first[:300]} (rerun the same "
-                        "command to resume from its last checkpoint)") from e
+        cause = root_cause(e)
+        saved = latest_state(cfg.storage_path, job.run_name)
+        where = f"{cfg.storage_path} or the workers' temp dir" if cause.kind == "disk_full" \
+            else cfg.storage_path
+        raise JobFailed(f"training of {job.run_name} failed: {cause.line} ("
+                        f"{advice(cause, saved.step if saved else None, where)})") from e

@@ -11,6 +11,11 @@ Each step runs `accumulation` micro-batches; every `log_every` steps the window'
 are summed over ranks and rank 0 prints a line and hands them to `MetricLogger` (never
 blocks); every `eval_every` steps all ranks evaluate the held-out batches; every
 `checkpoint_every` steps and at the end all ranks save. Returns rank 0's final metrics.
+
+A step reads nothing back from the device: batches arrive built and (on GPUs) pinned from
+the loader's thread and are copied without blocking, counts are the batch's host numbers,
+losses are summed on the device (`jobs.pretrain.metrics.Window`) and read once per log
+interval. `tests/unit/jobs/pretrain/test_no_sync.py` holds `Worker.step` to that.
 """
 from __future__ import annotations
 
@@ -36,18 +41,66 @@ def _due(step: int, every: int, last: bool) -> bool:
     return last or bool(every and step % every == 0)
 
 
-def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
-    """Testing knob: the last rank kills its own process at fail_at_step, once per run (a
-    marker in the run's storage says it happened)."""
+def _fails_now(cfg, run_name: str, step: int, rank: int, world: int, saving: bool) -> bool:
+    """Testing knobs: is this the last rank at fail_at_step, for the first time in the run
+    (a marker in the run's storage says it happened)?"""
     from pipeline.storage import exists, join, write_file_atomic
-    if cfg.fail_at_step != step or rank != world - 1:
-        return
+    if cfg.fail_at_step != step or rank != world - 1 or cfg.fail_while_saving != saving:
+        return False
     marker = join(cfg.storage_path, run_name, f".fail-at-step-{step}.done")
     if exists(marker):
-        return
+        return False
     write_file_atomic(marker, b"killed\n")
-    _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def maybe_fail(cfg, run_name: str, step: int, rank: int, world: int) -> None:
+    """Testing knob: the last rank kills its own process at fail_at_step, once per run."""
+    if _fails_now(cfg, run_name, step, rank, world, saving=False):
+        _print(f"fail_at_step={step}: rank {rank} kills its own process (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_hold(cfg, run_name: str, step: int, rank: int) -> None:
+    """Testing knob: after hold_at_step's checkpoint, rank 0 holds (once per run) so that a
+    test can inject a fault at a known point; it writes `.holding-at-step-N` in the run's
+    storage and goes on when `.release-at-step-N` appears there, or after 10 minutes."""
+    from pipeline.storage import exists, join, write_file_atomic
+    if cfg.hold_at_step != step or rank != 0:
+        return
+    holding = join(cfg.storage_path, run_name, f".holding-at-step-{step}")
+    if exists(holding):
+        return
+    write_file_atomic(holding, b"holding\n")
+    _print(f"hold_at_step={step}: rank 0 holds")
+    deadline = time.time() + 600
+    release = join(cfg.storage_path, run_name, f".release-at-step-{step}")
+    while not exists(release) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def torn_upload(cfg, run_name: str, step: int, rank: int, world: int):
+    """Testing knob (fail_while_saving): for the last rank at fail_at_step, a checkpoint
+    upload that writes half of one of its files, waits until rank 0's part (trainer state
+    included) is in storage, and kills its own process; else None (Ray uploads)."""
+    if not _fails_now(cfg, run_name, step, rank, world, saving=True):
+        return None
+
+    def upload(checkpoint, dir_name: str):
+        from jobs.pretrain.checkpoint import TRAINER_STATE
+        from pipeline.storage import exists, join, write_file_atomic
+        dest = join(cfg.storage_path, run_name, dir_name)
+        local = Path(checkpoint.path)
+        first = sorted(p for p in local.rglob("*") if p.is_file())[0]
+        body = first.read_bytes()
+        write_file_atomic(join(dest, *first.relative_to(local).parts), body[:len(body) // 2])
+        deadline = time.time() + 120
+        while not exists(join(dest, TRAINER_STATE)) and time.time() < deadline:
+            time.sleep(0.2)
+        _print(f"fail_while_saving at step {step}: rank {rank} dies halfway through its "
+               f"upload to {dest} (pid {os.getpid()})")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return upload
 
 
 class Worker:
@@ -94,24 +147,33 @@ class Worker:
         self.loader = PretrainLoader(ds, train_shards, cfg.micro_batch(), rank=self.rank,
                                      world_size=self.world, seed=cfg.seed,
                                      pad_to_multiple_of=cfg.pad_to_multiple_of,
-                                     prefetch=cfg.prefetch)
+                                     prefetch=cfg.prefetch, packing=cfg.packing,
+                                     pin_memory=self.device.type == "cuda")
         peak_name = torch.cuda.get_device_name(self.device) if self.gpu else "cpu"
         self.peak = peak_flops(peak_name, self.precision)
         self.window = Window(self.device, self.model_cfg)
         self.eval_window = Window(self.device, self.model_cfg)
         self.evals = None  # held-out batches, collated on first use
-        self.logger = None
+        self.logger = self.system_metrics = None
         if self.rank == 0:
             from jobs.tracking import MetricLogger
+            from jobs.tracking.system import start_system_metrics
             self.logger = MetricLogger(loop_config["tracking_uri"], loop_config.get("run_id"),
                                        experiment=cfg.experiment, run_name=self.run_name)
+            if cfg.system_metrics_every:
+                self.system_metrics = start_system_metrics(
+                    loop_config["tracking_uri"], loop_config.get("run_id"),
+                    cfg.system_metrics_every)
 
     def _deepspeed(self, model):
         import deepspeed
 
+        from jobs.pretrain.model import compile_encoder
         from jobs.train.deepspeed import safe_checkpoint_engine
         from jobs.train.optim import build_optimizer, build_schedule
         cfg = self.cfg
+        if cfg.compile:
+            compile_encoder(model)
         optimizer = build_optimizer(model, cfg, self.gpu, offload=cfg.offload_optimizer)
         schedule = build_schedule(optimizer, cfg.warmup(cfg.max_steps), cfg.max_steps)
         deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
@@ -126,7 +188,8 @@ class Worker:
         import ray.train
 
         from jobs.pretrain import checkpoint as ckpt
-        self.state = ckpt.TrainerState(self.world, self.cfg.micro_batch(), self.cfg.seed)
+        self.state = ckpt.TrainerState(self.world, self.cfg.micro_batch(), self.cfg.seed,
+                                       self.cfg.packing)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             self.state = ckpt.load(self.engine, checkpoint, self.state)
@@ -138,7 +201,8 @@ class Worker:
         self.digest = self.state.digests[self.rank]
 
     def step(self, stream) -> float:
-        """One optimizer step over `accumulation` micro-batches; returns its learning rate."""
+        """One optimizer step over `accumulation` micro-batches; returns its learning rate.
+        No host sync here (module docstring): nothing in it may read a device value."""
         from jobs.pretrain.metrics import sample_digest
         from jobs.train.seeds import dropout_seed
         lr = self.schedule.get_last_lr()[0]
@@ -179,7 +243,7 @@ class Worker:
         if self.evals is None:
             self.evals = eval_batches(self.ds, self.held_out, self.cfg.micro_batch(), self.rank,
                                       self.world, self.cfg.eval_samples, self.cfg.seed,
-                                      self.cfg.pad_to_multiple_of)
+                                      self.cfg.pad_to_multiple_of, self.cfg.packing)
         if not self.evals:
             return {}
         self.engine.eval()
@@ -207,7 +271,9 @@ class Worker:
                               "eval": eval_metrics}
         ckpt.save(self.engine, self.cfg.zero_stage, self.state,
                   {"step": self.state.step, **(metrics or {})}, self.rank, self.vocab,
-                  self.ds.manifest.vocab.do_lower_case)
+                  self.ds.manifest.vocab.do_lower_case,
+                  upload=torn_upload(self.cfg, self.run_name, self.state.step, self.rank,
+                                     self.world))
 
     def train(self) -> dict | None:
         cfg, state = self.cfg, self.state
@@ -234,6 +300,7 @@ class Worker:
                 eval_metrics = self.evaluate() or eval_metrics
             if _due(step, cfg.checkpoint_every, last):
                 self.save(metrics, eval_metrics)
+            maybe_hold(cfg, self.run_name, step, self.rank)
         return self.summary() if self.rank == 0 else None
 
     def summary(self) -> dict:
@@ -248,14 +315,17 @@ class Worker:
                 **state.metrics.get("eval", {})}
 
     def close(self) -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
         if self.logger is not None:
             self.logger.close()
 
 
 def train_loop(loop_config: dict) -> dict | None:
     """Ray Train's entry point on every worker; rank 0 returns the run's final metrics."""
-    from jobs.train.runtime import apply_settings
+    from jobs.train.runtime import apply_secrets, apply_settings
     apply_settings(loop_config.get("env", {}))  # before DeepSpeed loads its ops
+    apply_secrets(loop_config.get("secrets"))   # the driver's credentials (S3, MLflow)
     # DeepSpeed calls torch's deprecated collective names on every step
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=".*(all_gather_into_tensor|reduce_scatter_tensor).*")

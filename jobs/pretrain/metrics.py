@@ -1,10 +1,15 @@
 """Training metrics over a window of micro-batches, summed over ranks, and MFU.
 
-Each rank adds its micro-batches to a `Window` (on-device sums, so logging costs no sync per
-step); `reduce` all-reduces the sums once per log interval and turns them into the logged
-values: loss / mlm_loss / nsp_loss as means over micro-batches, accuracies as correct /
-predicted over all ranks, samples/s and tokens/s over the wall time, and MFU = model FLOPs/s
-over (workers x the GPU's dense bf16/fp16 peak, `jobs.train.device`) when that peak is known.
+Each rank adds its micro-batches to a `Window`. What needs the model's outputs (losses,
+correct predictions) is summed on the device, where the outputs are: no value crosses to
+the host per step. Everything countable (predictions, NSP labels, instances, real tokens,
+token slots, model FLOPs) comes from the batch as host numbers the loader computed. `reduce`
+all-reduces both once per log interval, reads them back (the one sync point) and turns them
+into the logged values: loss / mlm_loss / nsp_loss as means over micro-batches, accuracies
+as correct / predicted over all ranks, samples/s and tokens/s (real tokens) over the wall
+time, the padding fraction of the batches as trained and as they would have been one
+instance per row, and MFU = model FLOPs of the real tokens per second over (workers x the
+GPU's dense bf16/fp16 peak, `jobs.train.device`) when that peak is known.
 Never logs or reads data itself.
 """
 from __future__ import annotations
@@ -16,11 +21,12 @@ import torch
 import torch.distributed as dist
 
 from model.config import BertConfig
-from model.flops import pretraining_flops_per_token
-from pipeline.batch import IGNORE_INDEX, Batch
+from model.flops import pretraining_flops
+from pipeline.batch import Batch
 
-STATS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct",
-         "nsp_count", "micro_batches")
+DEVICE_SUMS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct")
+HOST_SUMS = ("micro_batches", "mlm_count", "nsp_count", "samples", "tokens", "slots",
+             "unpacked_slots", "flops")
 
 
 class Window:
@@ -28,52 +34,53 @@ class Window:
 
     def __init__(self, device: torch.device, model_cfg: BertConfig):
         self.device, self.model_cfg = device, model_cfg
-        self._flops_cache: dict[tuple[int, int], float] = {}
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(len(STATS), dtype=torch.float64, device=self.device)
-        self.samples = self.tokens = 0
-        self.flops = 0.0
+        self.sums = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
+        self._zero = torch.zeros((), device=self.device)  # stands in for a missing output
+        self.counts = dict.fromkeys(HOST_SUMS, 0)
         self.started = time.perf_counter()
 
-    def _flops_per_token(self, width: int, predictions: int) -> float:
-        key = (width, predictions)
-        if key not in self._flops_cache:
-            self._flops_cache[key] = pretraining_flops_per_token(self.model_cfg, width, predictions)
-        return self._flops_cache[key]
-
     def add(self, out, batch: Batch) -> None:
-        """One micro-batch's model output; counts come from the batch (CPU, no sync)."""
-        B, width = batch.input_ids.shape
-        mlm_count = int((batch.masked_lm_ids != IGNORE_INDEX).sum())
-        zero = torch.zeros((), device=self.device)
+        """One micro-batch's model output. No host sync: device values stay on the device,
+        counts are the batch's host numbers."""
+        mlm_count, nsp_count = batch.num_predictions, batch.num_nsp_labels
+        z = self._zero
         parts = [out.loss.detach(),
-                 out.mlm_loss.detach() if out.mlm_loss is not None else zero,
-                 out.nsp_loss.detach() if out.nsp_loss is not None else zero,
-                 out.mlm_accuracy.detach() * mlm_count if out.mlm_accuracy is not None else zero,
-                 torch.tensor(float(mlm_count), device=self.device),
-                 out.nsp_accuracy.detach() * B if out.nsp_accuracy is not None else zero,
-                 torch.tensor(float(B if out.nsp_accuracy is not None else 0), device=self.device),
-                 torch.ones((), device=self.device)]
+                 out.mlm_loss.detach() if out.mlm_loss is not None else z,
+                 out.nsp_loss.detach() if out.nsp_loss is not None else z,
+                 # accuracy x count = correct predictions (a device value times a host int)
+                 out.mlm_accuracy.detach() * mlm_count if out.mlm_accuracy is not None else z,
+                 out.nsp_accuracy.detach() * nsp_count if out.nsp_accuracy is not None else z]
         self.sums += torch.stack([p.to(torch.float64).reshape(()) for p in parts])
-        self.samples += B
-        self.tokens += batch.num_tokens
-        self.flops += batch.num_tokens * self._flops_per_token(width, max(1, round(mlm_count / B)))
+        c = self.counts
+        c["micro_batches"] += 1
+        c["mlm_count"] += mlm_count
+        c["nsp_count"] += nsp_count if out.nsp_accuracy is not None else 0
+        c["samples"] += len(batch)
+        c["tokens"] += batch.num_tokens
+        c["slots"] += batch.input_ids.numel()
+        c["unpacked_slots"] += len(batch) * int(np.max(batch.seq_lens))
+        c["flops"] += pretraining_flops(self.model_cfg, batch.seq_lens, mlm_count)
 
     def reduce(self, world_size: int, peak: float | None, prefix: str = "") -> dict:
-        """All ranks call this together; returns the window's metrics (same on every rank)."""
+        """All ranks call this together; returns the window's metrics (same on every rank).
+        This is where the device sums are read: once per log interval."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        vec = torch.cat([self.sums, torch.tensor([self.samples, self.tokens, self.flops],
-                                                 dtype=torch.float64, device=self.device)])
+        host = torch.tensor([float(self.counts[k]) for k in HOST_SUMS], dtype=torch.float64)
+        vec = torch.cat([self.sums, host.to(self.device)])
         if dist.is_available() and dist.is_initialized() and world_size > 1:
             dist.all_reduce(vec)
-        s = dict(zip(STATS + ("samples", "tokens", "flops"), vec.tolist()))
+        s = dict(zip(DEVICE_SUMS + HOST_SUMS, vec.tolist()))
         n = max(s["micro_batches"], 1.0)
         out = {"loss": s["loss"] / n, "mlm_loss": s["mlm_loss"] / n,
                "mlm_accuracy": s["mlm_correct"] / max(s["mlm_count"], 1.0)}
         if s["nsp_count"]:
             out.update(nsp_loss=s["nsp_loss"] / n, nsp_accuracy=s["nsp_correct"] / s["nsp_count"])
+        if s["slots"]:
+            out.update(padding_fraction=1 - s["tokens"] / s["slots"],
+                       padding_fraction_unpacked=1 - s["tokens"] / s["unpacked_slots"])
         if not prefix:
             out.update(samples_per_s=s["samples"] / elapsed, tokens_per_s=s["tokens"] / elapsed)
             if peak:

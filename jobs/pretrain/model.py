@@ -57,3 +57,10 @@ def build_model(model_cfg: BertConfig, init_dir: Path | None, seed: int) -> Bert
     if init_dir is not None:
         model.hf.copy_state(m, model.hf.read_weights(init_dir), origin=str(init_dir))
     return m
+
+
+def compile_encoder(m: BertForPreTraining) -> None:
+    """torch.compile the encoder in place (`nn.Module.compile`: parameter names, state dicts
+    and checkpoints stay as they are). Shapes change from batch to batch: after the first
+    recompilation torch marks them dynamic."""
+    m.bert.encoder.compile()

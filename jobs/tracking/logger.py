@@ -4,7 +4,9 @@
 while the server is unreachable it warns once, keeps the buffer (bounded: the oldest values
 go first) and retries, and sends the backlog when the server is back. If the driver could
 not create the run, the logger finds or creates it by run name itself. Training never waits
-on MLflow. Never reads data, never imports Ray.
+on MLflow, except at the very end: a server that answered earlier in the run and is down at
+`close` (a restart, say) is waited for (`outage_wait_s`), so its backlog is not lost; one
+that never answered gets one more try. Never reads data, never imports Ray.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ class MetricLogger:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._deadline = float("inf")
+        self._deadline = float("inf")  # while closing: when to give up on a down server
+        self._outage_wait = 0.0
         self._down = False
+        self._reached = False  # the server answered at least once in this run
         self.sent = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
@@ -61,6 +65,7 @@ class MetricLogger:
             self.run_id, _ = get_or_create_run(c, self.experiment, self.run_name,
                                                artifact_root=local_artifact_root(self.tracking_uri))
         c.log_batch(self.run_id, metrics=batch)
+        self._reached = True
         with self._lock:
             for _ in batch:
                 self._buf.popleft()
@@ -91,13 +96,18 @@ class MetricLogger:
                     return
                 time.sleep(self.retry_s)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0, outage_wait_s: float = 120.0) -> None:
         """Send what is buffered, then stop. Waits up to `timeout` s while the server answers;
-        if it is down right now, gives it one more try. Warns about what could not be sent."""
-        self._deadline = time.time() + (0.0 if self._down else timeout)
+        if it is down but answered earlier in the run, up to `outage_wait_s` s for it to come
+        back; if it never answered, one more try. Warns about what could not be sent."""
+        self._outage_wait = outage_wait_s if self._reached else 0.0
+        if self._down and self._outage_wait and self.pending():
+            warn(f"MLflow at {self.tracking_uri} is down; waiting up to {outage_wait_s:g}s for it "
+                 f"to come back to send {self.pending()} buffered metric values")
+        self._deadline = time.time() + self._outage_wait
         self._closing = True
         self._wake.set()
-        self._thread.join(max(0.0, self._deadline - time.time()) + 15)
+        self._thread.join(max(timeout, self._outage_wait) + 15)
         left = self.pending()
         if left or self.dropped:
             warn(f"{left + self.dropped} metric values could not be sent to {self.tracking_uri}")

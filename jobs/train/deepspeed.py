@@ -45,6 +45,9 @@ def deepspeed_config(*, batch_size: int, micro_batch: int, accumulation: int, ze
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 30,  # rank 0 logs progress itself
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronizes the device at every forward and step by
+        # default (a host sync per micro-batch on GPUs); we measure throughput ourselves
+        "timers": {"throughput": {"enabled": False}},
     }
     if user_file:
         out = merge_user_config(out, user_file)
@@ -94,7 +97,14 @@ def safe_checkpoint_engine(config_params=None):
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
+            import pickle
+
+            from model.config import ModelError
             with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True)
+                except pickle.UnpicklingError:  # a global beyond DeepSpeed's values: code
+                    raise ModelError(f"checkpoint file {path} holds pickled code, not only "
+                                     "tensors; refused, nothing in it was run") from None
 
     return SafeCheckpointEngine(config_params)

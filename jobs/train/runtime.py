@@ -6,10 +6,15 @@ Written once for all jobs (prepare, pretrain, fine-tune, embed):
   submit`) our env is merged with the job's. Shuts Ray down on exit only if it started it.
 - `worker_env(paths, tracking_uri)`: plain settings (DeepSpeed's op cache, endpoints,
   MLflow client timeouts) always; credentials only where the job needs them: S3 ones when a
-  path is remote, MLflow ones when the tracking server or a model is remote. Credentials
-  travel only in Ray runtime envs, never in a loop config, params or logs.
+  path is remote, MLflow ones when the tracking server or a model is remote.
+- Credentials never travel as runtime-env `env_vars`: Ray's runtime env agent writes those
+  to its log on every node (`runtime_env_agent.log`, readable through the dashboard).
+  `ray_session` hands them to workers in a `worker_process_setup_hook`, which Ray keeps in
+  its internal store and logs only by name; a job whose Ray someone else started passes
+  them as an object (`share_secrets` on the driver, `apply_secrets` in the worker). Never
+  in a loop config's plain values, params or logs.
 - `worker_runtime_env(env)`: for Ray started by someone else (a test, the workflow): only
-  the keys its job env lacks, or None, which keeps Ray free to reuse idle workers.
+  the (non-secret) keys its job env lacks, or None, which keeps Ray free to reuse workers.
 """
 from __future__ import annotations
 
@@ -74,18 +79,49 @@ def apply_settings(env: dict[str, str]) -> None:
         os.environ.setdefault(key, value)
 
 
+def secrets_hook(secrets: dict[str, str]):
+    """A worker setup hook that puts `secrets` in each worker's environment."""
+    secrets = dict(secrets)
+
+    def bertpipe_credentials() -> None:  # by value: workers need none of our modules for it
+        os.environ.update(secrets)
+    return bertpipe_credentials
+
+
+def share_secrets(secrets: dict[str, str]):
+    """On the driver of a running Ray: the credentials as an object reference for a loop
+    config (None when there are none); the worker calls `apply_secrets` on it."""
+    if not secrets:
+        return None
+    import ray
+    return ray.put(dict(secrets))
+
+
+def apply_secrets(ref) -> None:
+    """In a worker: the driver's credentials (from `share_secrets`) win over its own."""
+    if ref is not None:
+        import ray
+        os.environ.update(ray.get(ref))
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, env: dict[str, str],
                 log_to_driver: bool = True) -> Iterator[bool]:
-    """Ray for the duration of a job; yields True when this call started (and will stop) it."""
+    """Ray for the duration of a job; yields True when this call started (and will stop) it.
+    Settings in `env` become the job's env vars; credentials reach workers through a setup
+    hook, never as env vars (which Ray logs)."""
     import ray
     if ray.is_initialized():
         yield False
         return
     # inside a Ray job (`ray job submit`), merge our runtime env with the job's
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    secrets = {k: v for k, v in env.items() if k in AWS_SECRETS + MLFLOW_SECRETS}
+    runtime_env: dict = {"env_vars": {k: v for k, v in env.items() if k not in secrets}}
+    if secrets:
+        runtime_env["worker_process_setup_hook"] = secrets_hook(secrets)
     ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=log_to_driver,
-             runtime_env={"env_vars": env})
+             runtime_env=runtime_env)
     try:
         yield True
     finally:

@@ -99,6 +99,9 @@ def encode_words(tok: Tokenizer, words: list[list[str]], word_labels: list[list[
                  max_len: int) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
     """Pre-split words -> WordPieces; each word's label on its first piece, -100 elsewhere.
 
+    A sentence given as a string is split into characters: character-level tagging (Chinese
+    BIO per character), each character one token.
+
     Returns the columns (with `labels` when word_labels is given) and, per sentence, the
     position of each word's first piece (-1 for words cut off by max_len or that encode to
     nothing), so token predictions map back to words."""

@@ -85,7 +85,7 @@ def test_evaluate_reproduces_the_dev_metrics_and_writes_predictions(classifier, 
                                                                     capsys, tmp_path):
     summary, work = classifier
     result = run_cli(evaluate, capsys, [
-        "--model", summary["output"], "--data", str(topics["dev"]),
+        "--model", summary["output"], "--input", str(topics["dev"]),
         "--predictions", str(tmp_path / "pred.jsonl"),
         "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"])
     assert result["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["dev_accuracy"])
@@ -170,7 +170,7 @@ def test_a_search_grid_runs_parallel_trials_and_registers_the_best(
 
     # the registered model feeds `bertpipe evaluate`, which reproduces its dev accuracy
     result = run_cli(evaluate, capsys, [
-        "--model", "models:/wiki-topics@best", "--data", str(topics["small_dev"]),
+        "--model", "models:/wiki-topics@best", "--input", str(topics["small_dev"]),
         "--predictions", str(tmp_path / "pred.parquet"), "--tracking-uri", mlflow_server])
     assert result["metrics"]["accuracy"] == pytest.approx(best.data.metrics["dev_accuracy"])
     assert c.get_run(result["run_id"]).data.tags["bertpipe.model_run_id"] == best.info.run_id

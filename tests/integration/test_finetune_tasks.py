@@ -100,7 +100,7 @@ def test_question_answering_with_windows_and_unanswerables_learns_past_chance(tm
     spec = json.loads((tmp_path / "qa" / "bertpipe_task.json").read_text())
     assert spec["version_2_with_negative"] and spec["null_threshold"] == m["dev_null_threshold"]
     # the saved model evaluates the same: its task file carries windows and the threshold
-    code = evaluate(["--model", str(tmp_path / "qa"), "--data", dev,
+    code = evaluate(["--model", str(tmp_path / "qa"), "--input", dev,
                      "--predictions", str(tmp_path / "pred.jsonl"),
                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

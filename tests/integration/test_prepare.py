@@ -79,7 +79,9 @@ def _check_output(out: Path, manifest: dict, vocab_size: int, cls_id: int, sep_i
 @pytest.mark.timeout(600)
 def test_prepare_real_corpus_on_local_ray_is_balanced_binned_and_matches_in_process(
         ray_local, corpus, bert_vocab, tmp_path):
-    manifest = prepare(_cfg(corpus, tmp_path / "ray", bert_vocab))
+    # on Ray, each file cut into parts of ≈ 60 kB (the gzipped one too) read in parallel
+    manifest = prepare(_cfg(corpus, tmp_path / "ray", bert_vocab, executor="ray",
+                            split_bytes=60_000))
     _check_output(tmp_path / "ray", manifest, 30522, 101, 102)
     c = manifest["counts"]
     assert c["documents"] == 1500 and c["instances"] > 1000
@@ -88,9 +90,11 @@ def test_prepare_real_corpus_on_local_ray_is_balanced_binned_and_matches_in_proc
         {"part-0.jsonl", "part-1.jsonl.gz"}
     for i in manifest["inputs"]:
         assert i["sha256"] == _sha(i["path"]) and i["size"] == os.path.getsize(i["path"])
-    # The same job in this process, one pass after another: byte-identical shards.
+    # The same job in this process, one pass after another, each file read whole:
+    # byte-identical shards.
     local = prepare(_cfg(corpus, tmp_path / "local", bert_vocab, executor="local"))
     assert [s["sha256"] for s in local["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    assert local["counts"] == manifest["counts"] and local["inputs"] == manifest["inputs"]
 
 
 @pytest.mark.timeout(300)
@@ -160,7 +164,7 @@ def test_s3_input_and_output_through_moto(ray_local, s3_server, corpus, bert_voc
     s3.upload_file(str(bert_vocab), "corpus", "vocab.txt")
     manifest = prepare(PrepareConfig(input=["s3://corpus/wiki/"], output="s3://shards/run1",
                                      format="jsonl", vocab="s3://corpus/vocab.txt",
-                                     dupe_factor=1, num_shards=2))
+                                     dupe_factor=1, num_shards=2, split_bytes=200_000))
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="shards")["Contents"]
                   if not o["Key"].endswith("/"))  # pyarrow leaves directory markers
     assert keys == ["run1/manifest.json", "run1/shard-00000.parquet",
@@ -230,7 +234,8 @@ def test_missing_column_in_a_later_parquet_file_surfaces_from_ray_as_one_error(
     pq.write_table(pa.table({"body": ["No text column."]}), d / "b.parquet")
     with pytest.raises(InputError, match="b.parquet: no column 'text'"):
         prepare(PrepareConfig(input=[str(d)], output=str(tmp_path / "o"), format="parquet",
-                              vocab=str(bert_vocab), dupe_factor=1, num_shards=1))
+                              vocab=str(bert_vocab), dupe_factor=1, num_shards=1,
+                              executor="ray"))
 
 
 @pytest.mark.timeout(600)

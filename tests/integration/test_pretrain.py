@@ -17,6 +17,7 @@ from jobs.config import load_preset
 from jobs.pretrain.config import PretrainConfig
 from jobs.pretrain.driver import run
 from jobs.train.runtime import JobFailed as TrainingFailed
+from tests.helpers import planned_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -56,7 +57,22 @@ def s3_shards(wiki_shards, s3_server):
 
 
 @pytest.fixture(scope="module")
-def runs(workdir, wiki_shards, s3_shards, ray_local, mlflow_server):
+def dynamic_shards(workdir, wiki_jsonl, wiki_shards):
+    """400 Wikipedia sections prepared with dynamic masking (the fixture's vocab): small
+    enough that 40 steps run through about three epochs, each with its own masks."""
+    from jobs.prepare import prepare
+    from pipeline.config import PrepareConfig
+    src = workdir / "wiki-400.jsonl"
+    src.write_text("\n".join(wiki_jsonl.read_text().splitlines()[:400]) + "\n")
+    out = workdir / "dynamic128"
+    prepare(PrepareConfig(input=[str(src)], output=str(out), format="jsonl",
+                          vocab=str(Path(wiki_shards) / "vocab.txt"), masking="dynamic",
+                          num_shards=6, executor="local"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_server):
     """The module's runs, each trained once and shared by the tests that read it. Ray Train
     costs ~20 s per run on 2 cores, so tests read runs rather than start their own."""
     cache: dict[str, dict] = {}
@@ -64,11 +80,16 @@ def runs(workdir, wiki_shards, s3_shards, ray_local, mlflow_server):
         # workers read the shards from S3 (credentials reach them through the runtime env)
         "zero1": dict(zero_stage=1, data=s3_shards),
         "zero2": dict(zero_stage=2),
-        # the fully tracked run: a real MLflow server, evaluation, registration, keep 1
+        # the fully tracked run: a real MLflow server, evaluation, registration, keep 1,
+        # packed batches (train and eval), system metrics every second
         "zero3": dict(zero_stage=3, tracking_uri=mlflow_server, eval_every=20,
-                      keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1"),
+                      keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1",
+                      packing=True, system_metrics_every=1.0),
         # killed after step 25 and restarted by Ray (checkpoint at 20)
         "failure": dict(fail_at_step=25, max_failures=1),
+        # dynamic masks: through several epochs, uninterrupted and restarted mid-epoch
+        "dynamic": dict(data=dynamic_shards),
+        "dynamic-failure": dict(data=dynamic_shards, fail_at_step=25, max_failures=1),
     }
 
     def get(name: str) -> dict:
@@ -124,13 +145,33 @@ def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir, 
     assert [r.info.run_id for r in found] == [resumed["run_id"]]   # the same run, no duplicate
 
 
-def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir):
+def test_a_restart_in_a_later_epoch_of_dynamic_masks_repeats_the_uninterrupted_run(
+        runs, workdir, dynamic_shards):
+    from jobs.pretrain.config import PretrainConfig as Cfg
+    from pipeline.dataset import open_dataset, split_holdout
+    from pipeline.loader import PretrainLoader
+    ds = open_dataset(str(dynamic_shards))
+    train, _ = split_holdout(ds.shards, 1)
+    loader = PretrainLoader(ds, train, Cfg(batch_size=32, num_workers=2).micro_batch(),
+                            world_size=2)
+    per_epoch = loader.batches_per_epoch(0)
+    # 40 steps go through several epochs (new masks each); the kill is past epoch 0
+    assert per_epoch < 20 and loader.locate(20)[0] >= 1
+    uninterrupted, restarted = runs("dynamic"), runs("dynamic-failure")
+    assert restarted["metrics"]["attempts"] == 2 and restarted["metrics"]["resumed_from"] == 20
+    _same_run(uninterrupted, restarted, workdir)
+
+
+def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir,
+                                                                       wiki_shards):
     summary = runs("failure")
     assert summary["metrics"]["step"] == STEPS
     assert summary["metrics"]["attempts"] == 2          # restarted once ...
     assert summary["metrics"]["resumed_from"] == 20     # ... from the last checkpoint
     assert (workdir / "ray" / "failure" / ".fail-at-step-25.done").exists()
     _same_run(runs("zero2"), summary, workdir)
+    # exactly the samples the loaders plan (what the fault tests compare their runs with)
+    assert runs("zero2")["metrics"]["data_digest"] == planned_digest(wiki_shards, STEPS, 32, 2)
 
 
 def test_checkpoints_keep_the_last_k_and_hold_every_ranks_state(runs):
@@ -187,9 +228,15 @@ def test_mlflow_server_holds_one_run_with_params_metrics_artifacts_and_the_model
     def steps(key):
         return sorted({m.step for m in c.get_metric_history(run.info.run_id, key)})
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate",
-                "grad_norm", "samples_per_s", "tokens_per_s"):
+                "grad_norm", "samples_per_s", "tokens_per_s", "padding_fraction",
+                "padding_fraction_unpacked"):
         assert steps(key) == list(range(1, STEPS + 1)), key
     assert steps("eval_mlm_accuracy") == steps("eval_nsp_accuracy") == [20, 40]
+    assert params["packing"] == "True"  # packed rows pad less than the same batches unpadded
+    padding = run.data.metrics
+    assert 0 <= padding["padding_fraction"] < padding["padding_fraction_unpacked"] < 1
+    assert summary["metrics"]["samples"] == STEPS * 32  # packing keeps 32 instances a step
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # rank 0's monitor
 
     artifacts = {a.path for top in c.list_artifacts(run.info.run_id)
                  for a in c.list_artifacts(run.info.run_id, top.path)}

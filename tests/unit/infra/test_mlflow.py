@@ -89,6 +89,39 @@ def test_mlflow_basic_auth_config_has_mlflows_keys_and_no_password():
         assert "secretKeyRef" in env_value(container, name)
 
 
+def _auth_ini(text: str) -> configparser.ConfigParser:
+    ini = configparser.ConfigParser()
+    ini.read_string(text)
+    assert ini["mlflow"]["default_permission"] in ("READ", "NO_PERMISSIONS"), "least privilege"
+    assert ini["mlflow"]["authorization_function"] == \
+        "mlflow.server.auth:authenticate_request_basic_auth"
+    database = urlparse(ini["mlflow"]["database_uri"])
+    assert database.scheme == "postgresql" and database.password is None
+    assert "admin_password" not in ini["mlflow"]
+    return ini
+
+
+def test_every_reference_mlflow_server_turns_basic_auth_on():
+    # Kubernetes: the Deployment's server and its ConfigMap
+    (_, config_map), = objects("ConfigMap")
+    _auth_ini(config_map["data"]["basic_auth.ini"])
+    _, container, opts = mlflow_server()
+    assert opts["app_name"] == "basic-auth"
+    assert "secretKeyRef" in env_value(container, "MLFLOW_AUTH_ADMIN_PASSWORD")
+    # compose: the same server options, the ini mounted from the repository
+    service = load(COMPOSE)[0]["services"]["mlflow"]
+    (cmd,) = [c for c in compose_commands() if c.where.endswith("service mlflow")]
+    assert check_command(cmd)["app_name"] == "basic-auth"
+    env = service["environment"]
+    mounts = {m.split(":")[1]: COMPOSE.parent / m.split(":")[0] for m in service["volumes"]}
+    ini = mounts[env["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert ini.is_file()
+    assert urlparse(_auth_ini(ini.read_text())["mlflow"]["database_uri"]).hostname == "postgres"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${") and ":?" in \
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"], "the admin password comes from the environment"
+    assert "Flask-WTF" in service["build"]["dockerfile_inline"]   # what the auth app imports
+
+
 def test_local_compose_publishes_ports_on_loopback_only():
     services = load(COMPOSE)[0]["services"]
     assert {"postgres", "minio", "mlflow"} <= set(services)

@@ -1,20 +1,12 @@
 """torch.compile of the encoder gives eager's loss and gradients, padded and packed (CPU)."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 import torch
 
 from model import BertForPreTraining
+from tests.helpers import cxx_compiler
 from tests.unit.model.packed_data import make_sequences, packed, tiny_config, unpacked
-
-
-def cxx_compiler() -> str | None:
-    """Inductor's CPU backend builds C++: without a compiler there is nothing to test."""
-    return next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++")
-                 if c and shutil.which(c)), None)
 
 
 @pytest.mark.slow

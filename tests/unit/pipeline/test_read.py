@@ -129,3 +129,55 @@ def test_expand_inputs_takes_files_directories_and_globs(tmp_path):
         expand_inputs([str(tmp_path / "missing.txt")])
     with pytest.raises(InputError, match="matches no files"):
         expand_inputs([str(tmp_path / "*.parquet")])
+
+
+# --- line-aligned parts: one file read by many tasks ---------------------------------------
+
+def _corpus_bytes(fmt, rng, docs=120):
+    """A file of `fmt` with documents of 1-6 lines (some blank-line runs, CRLF, a bad
+    UTF-8 line and a whitespace-only line inside)."""
+    out = []
+    for d in range(docs):
+        lines = [f"Doc {d} sentence {i} {'x' * int(rng.integers(0, 60))}."
+                 for i in range(int(rng.integers(1, 7)))]
+        if fmt == "jsonl":
+            out.append(json.dumps({"text": " ".join(lines)}).encode() + b"\n")
+        else:
+            out.append("\n".join(lines).encode() + b"\n" + b"\n" * int(rng.integers(1, 3)))
+        if d == 30:
+            out.append(b"\xff\xfe not utf-8\n" if fmt != "jsonl" else b"{bad json\n")
+        if d == 50 and fmt != "jsonl":
+            out.append(b"   \t \r\n")
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("fmt", ["bert", "text", "jsonl"])
+@pytest.mark.parametrize("suffix,compress", [("", None), (".gz", gzip.compress),
+                                             (".zst", lambda b: zstandard.ZstdCompressor()
+                                              .compress(b))])
+def test_parts_of_a_file_hold_each_document_once_whatever_the_cuts(tmp_path, fmt, suffix,
+                                                                    compress):
+    import numpy as np
+
+    from pipeline.read import Part, plan_parts, read_part
+    data = _corpus_bytes(fmt, np.random.default_rng(0))
+    path = tmp_path / f"c.{fmt}{suffix}"
+    path.write_bytes(compress(data) if compress else data)
+    whole_stats = FileStats(str(path))
+    whole = list(read_part(str(path), fmt, whole_stats))
+    assert len(whole) >= 120
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        cuts = sorted(set(rng.integers(1, len(data), size=trial + 1).tolist()))
+        bounds = [0, *cuts, None]
+        stats = [FileStats(str(path)) for _ in range(len(bounds) - 1)]
+        got = []
+        for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            got += list(read_part(str(path), fmt, stats[k], part=Part(k, a, b)))
+        assert got == whole, cuts
+        assert sum(s.documents for s in stats) == whole_stats.documents
+        assert sum(sum(s.skipped.values()) for s in stats) == sum(whole_stats.skipped.values())
+        assert (stats[0].size, stats[0].sha256) == (whole_stats.size, whole_stats.sha256)
+    parts = plan_parts(str(path), path.stat().st_size, fmt, split_bytes=len(data) // 5)
+    assert len(parts) >= 4 and parts[0].start == 0 and parts[-1].end is None
+    assert all(a.end == b.start for a, b in zip(parts, parts[1:]))

@@ -10,7 +10,14 @@ import pytest
 from pipeline.errors import InputError
 from pipeline.schema import SPECIAL_TOKENS
 from pipeline.text import split_sentences
-from pipeline.tokenizer import VocabInfo, build_tokenizer, encode_sentences, load_vocab, train_vocab
+from pipeline.tokenizer import (
+    AsciiPath,
+    VocabInfo,
+    build_tokenizer,
+    encode_sentences,
+    load_vocab,
+    train_vocab,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +107,11 @@ def test_token_ids_equal_bert_tokenizer_fast_on_wikipedia(vocab, bert_vocab, wik
                                                           do_lower_case):
     hf = _hf_tokenizer(bert_vocab, tmp_path_factory, do_lower_case)
     ours = build_tokenizer(vocab, do_lower_case)
-    ids, lengths = encode_sentences(ours, wiki_sentences)
     expected = hf(wiki_sentences, add_special_tokens=False)["input_ids"]
-    assert lengths.tolist() == [len(e) for e in expected]
-    assert ids.tolist() == [i for e in expected for i in e]
+    for ascii_path in (None, AsciiPath.build(vocab, do_lower_case)):   # both give HF's ids
+        ids, lengths = encode_sentences(ours, wiki_sentences, ascii_path)
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert ids.tolist() == [i for e in expected for i in e]
     # raw, unnormalized documents too (newlines, odd spaces): the normalizer is the same
     raw = wiki_texts[3000:3500]
     assert [e.ids for e in ours.encode_batch(raw, add_special_tokens=False)] == \
@@ -137,6 +145,19 @@ def test_uncased_tokenizer_lowercases_and_strips_accents_cased_keeps_them(vocab)
     assert uncased.tokens == ["cafe"]
     cased = build_tokenizer(vocab, False).encode("Caf\u00e9", add_special_tokens=False)
     assert cased.tokens != ["cafe"]
+
+
+@pytest.mark.parametrize("do_lower_case", [True, False])
+def test_the_ascii_path_gives_the_full_tokenizers_ids(vocab, do_lower_case):
+    sentences = ["Hello, World! (It's) 3.14 -- x_y [SEP] a/b\\c {d} `e` ~f^ |g|",
+                 "  spaced   out  ", "", "UPPER lower MiXeD", "x" * 120 + " tail",
+                 "Café is not ASCII", "tab\there", "émigré", "$5 @home #tag 100% a&b *c+d=e",
+                 "semi;colon:quote\"end? <tag> ok.", "ÆØÅ and 北京", "[MASK] [UNK]"]
+    ours = build_tokenizer(vocab, do_lower_case)
+    fast = AsciiPath.build(vocab, do_lower_case)
+    a_ids, a_len = encode_sentences(ours, sentences)
+    b_ids, b_len = encode_sentences(ours, sentences, fast)
+    assert a_len.tolist() == b_len.tolist() and a_ids.tolist() == b_ids.tolist()
 
 
 def test_tokenizer_survives_pickling_for_ray_workers(vocab):

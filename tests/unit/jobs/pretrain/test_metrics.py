@@ -49,3 +49,29 @@ def test_the_sample_digest_depends_on_order():
     a, b = np.array([1, 2]), np.array([3, 4])
     assert sample_digest(sample_digest("", a), b) != sample_digest(sample_digest("", b), a)
     assert sample_digest(sample_digest("", a), b) == sample_digest(sample_digest("", a), b)
+
+
+def test_packed_and_unpacked_batches_of_the_same_instances_count_the_same(tmp_path):
+    """Counts and model FLOPs come from the instances, not the rows they are laid out in;
+    padding is reported as trained and as one instance per row."""
+    from pipeline.batch import collate, collate_packed
+    from pipeline.dataset import open_dataset, read_shard
+    from tests.helpers import write_dataset
+    ds = open_dataset(str(write_dataset(tmp_path / "d", max_len=64)))
+    shard = read_shard(ds, ds.shards[0])
+    rows = np.arange(0, 60, 3)
+    cfg = BertConfig.from_preset("bert-tiny", vocab_size=1000)
+    found = {}
+    for name, b in (("plain", collate(shard, rows)), ("packed", collate_packed(shard, rows, 64))):
+        w = Window(torch.device("cpu"), cfg)
+        w.add(output(4.0, 0.5, 0.5), b)
+        found[name] = (dict(w.counts), w.reduce(1, 1e12))
+    (plain, mp), (packed, mk) = found["plain"], found["packed"]
+    for k in ("mlm_count", "nsp_count", "samples", "tokens", "flops", "unpacked_slots"):
+        assert packed[k] == plain[k], k
+    assert plain["samples"] == 20 and plain["nsp_count"] == 20
+    assert packed["slots"] < plain["slots"]
+    assert mk["padding_fraction"] < mp["padding_fraction"] == pytest.approx(
+        mp["padding_fraction_unpacked"])
+    assert mk["padding_fraction_unpacked"] == pytest.approx(mp["padding_fraction_unpacked"])
+    assert mk["nsp_accuracy"] == mp["nsp_accuracy"] == 0.5

@@ -1,4 +1,4 @@
-"""pipeline.task_data: every supported format read to the same rows; user errors as one line."""
+"""pipeline.tasks.readers: every supported format read to the same rows; user errors as one line."""
 from __future__ import annotations
 
 import gzip

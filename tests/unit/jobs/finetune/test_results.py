@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from jobs.results import combine, evaluation_models, headline
+from jobs.finetune.results import combine, evaluation_models, headline
 from jobs.workflow import describe
 
 FINETUNE = {  # the parts of a `bertpipe finetune --baseline scratch --seeds 2` summary used

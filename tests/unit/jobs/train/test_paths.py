@@ -1,4 +1,4 @@
-"""Path options are made absolute on the driver (`jobs.paths`), by the CLI runner, for every
+"""Path options are made absolute on the driver (`jobs.train.paths`), by the CLI runner, for every
 config job, and no path-like option is left out."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import jobs.evaluate
 from jobs.cli import JOBS, config_class
-from jobs.paths import absolute, absolute_paths, absolute_tracking_uri, path_fields
+from jobs.train.paths import absolute, absolute_paths, absolute_tracking_uri, path_fields
 from tests.helpers import job
 
 # every string option of a config job that is NOT a path (columns, names, URIs of services)

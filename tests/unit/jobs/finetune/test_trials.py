@@ -1,0 +1,44 @@
+"""A trial that fails (an OOM stand-in) does not end a search run in this process (Ray
+Train's local mode raises the loop's own error): the others finish and the best is kept.
+(MLflow is left unreachable here, which costs nothing: the integration test checks the
+trial's FAILED run on a real server.)"""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.helpers import free_port, job
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failing_trial_in_local_mode_leaves_the_search_to_the_others(tmp_path, wiki_jsonl,
+                                                                       capsys):
+    import model.hf
+    from model import BertConfig, BertForPreTraining
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
+        sorted({w for line in wiki_jsonl.read_text().splitlines()[:300]
+                for w in json.loads(line)["text"].lower().split() if w.isalpha()})[:2000]
+    hf = model.hf.save(BertForPreTraining(BertConfig.from_preset(
+        "bert-tiny", vocab_size=len(vocab), max_position_embeddings=64)), tmp_path / "tiny",
+        vocab=vocab)
+    rows = [json.loads(line) for line in wiki_jsonl.read_text().splitlines()]
+    rows = [r for r in rows if r["topic"] != "Uncategorized"]
+    random.Random(0).shuffle(rows)
+    for name, part in (("train", rows[:64]), ("dev", rows[64:96])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    code = job("finetune")([
+        "--task", "classification", "--model", str(hf), "--train", str(tmp_path / "train.jsonl"),
+        "--validation", str(tmp_path / "dev.jsonl"), "--label-column", "topic",
+        "--max-seq-length", "32", "--batch-size", "16", "--epochs", "1", "--search", "grid",
+        "--search-learning-rates", "1e-3", "3e-4", "--fail-trial-learning-rate", "3e-4",
+        "--num-workers", "0", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+        "--storage-path", str(tmp_path / "ray")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    (failed,) = [t for t in summary["trials"] if "error" in t]
+    assert failed["learning_rate"] == 3e-4 and "OutOfMemoryError" in failed["error"]
+    assert summary["best_trial"]["learning_rate"] == 1e-3 and summary["best_trial"]["dev_accuracy"]
