@@ -39,6 +39,7 @@ def test_the_chinese_workflow_runs_its_stages_on_a_slice(ray_local, tmp_path,
         f"finetune.0.train={train}", f"finetune.0.validation={dev}", "finetune.0.epochs=1",
         "finetune.0.max_seq_length=64", "finetune.0.batch_size=16",
         "finetune.0.num_workers=0",   # Ray Train's local mode: no worker start-up
+        "finetune.0.seeds=1",         # the scratch baseline stays, one seed per side
         f"evaluate.0.input={test}"])
     assert wf.prepare["word_segmenter"] == "jieba" and wf.prepare["do_whole_word_mask"]
     summary = run(wf)
@@ -59,7 +60,7 @@ def test_the_chinese_workflow_runs_its_stages_on_a_slice(ray_local, tmp_path,
     runs = sum(int(np.sum(np.diff(p) == 1)) for p in positions)
     assert runs > 0.25 * sum(map(len, positions))     # masks come in words, not characters
     c = manifest["counts"]
-    assert 0.13 < c["masked_tokens"] / c["tokens"] < 0.17
+    assert 0.27 < c["masked_tokens"] / c["tokens"] < 0.33   # the recipe's 30%
 
     pretrained = stages["pretrain-phase1"]["metrics"]
     assert pretrained["step"] == 4 and pretrained["loss"] > 0
