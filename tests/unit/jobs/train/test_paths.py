@@ -18,7 +18,8 @@ from tests.helpers import job
 NOT_PATHS = {"text_field", "text_column", "text_pair_column", "label_column", "choice_columns",
              "labels", "keep_columns", "metric", "address", "run_name", "tracking_uri",
              "experiment", "register_as", "model_alias", "parent_run_id"}
-NOT_PATHS_OF = {"pretrain": {"model"}}  # an architecture preset name (bert-tiny, ...)
+NOT_PATHS_OF = {"pretrain": {"model"},          # an architecture preset name (bert-tiny, ...)
+                "prepare": {"word_segmenter"}}  # jieba or MODULE:FUNCTION
 
 
 def test_relative_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
