@@ -237,7 +237,8 @@ def _finish_side(cfg: FinetuneConfig, picked: Side, side_run: Tracker, fit_runs:
                          {k: v for k, v in metrics.items() if k.endswith(("_mean", "_std"))},
                          step=0)
     if not single:
-        side_run.log_metrics({f"best_{k}": v for k, v in best["result"]["best"].items()}, step=0)
+        side_run.log_metrics({f"best_dev_{k}": v for k, v in best["result"]["best"].items()},
+                             step=0)
         side_run.set_tag(BEST_TRIAL_TAG, best["run_id"] or best["name"])
     return report
 

@@ -49,7 +49,8 @@ def _first_line(e: Exception) -> str:
 
 
 def lineage(uri: str, tracking_uri: str | None) -> tuple[str | None, str | None]:
-    """(run id, NAME/VERSION) of an MLflow model URI; (None, None) for anything else."""
+    """(run id, NAME/VERSION) of an MLflow model URI; (None, None) for anything else. A logged
+    model's own URI (`models:/m-ID`, what MLflow 3's log_model returns) has a run, no NAME."""
     if uri.startswith("runs:/"):
         return uri[len("runs:/"):].split("/", 1)[0], None
     if not uri.startswith("models:/"):
@@ -57,6 +58,8 @@ def lineage(uri: str, tracking_uri: str | None) -> tuple[str | None, str | None]
     from jobs.tracking import client
     ref = uri[len("models:/"):].rstrip("/")
     c = client(tracking_uri) if tracking_uri else client(_default_uri())
+    if "/" not in ref and "@" not in ref:
+        return c.get_logged_model(ref).source_run_id, None
     if "@" in ref:
         name, alias = ref.split("@", 1)
         version = c.get_model_version_by_alias(name, alias)

@@ -23,3 +23,19 @@ def test_a_folder_without_vocab_is_refused_where_the_vocab_must_come_with_it(tmp
     with pytest.raises(InputError, match="no vocab.txt"):
         resolve_model(str(tmp_path / "m"), None)
     assert resolve_model(str(tmp_path / "m"), None, need_vocab=False).hf_dir == tmp_path / "m"
+
+
+def test_lineage_of_a_logged_models_own_uri_is_its_run(tmp_path):
+    """MLflow 3's log_model returns `models:/m-ID`; the evaluate stage scores such URIs."""
+    from mlflow import MlflowClient
+
+    from jobs.train.sources import lineage
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("e")
+    run = c.create_run(exp)
+    model = c.create_logged_model(exp, name="model", source_run_id=run.info.run_id)
+    assert model.model_id.startswith("m-")
+    assert lineage(f"models:/{model.model_id}", uri) == (run.info.run_id, None)
+    assert lineage(f"runs:/{run.info.run_id}/model", uri) == (run.info.run_id, None)
+    assert lineage("some/folder", uri) == (None, None)
