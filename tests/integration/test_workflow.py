@@ -31,7 +31,8 @@ def _workflow(tmp_path, wiki_jsonl, tracking_uri, label_column="label") -> Path:
                       "validation": str(splits["dev"]), "text_column": "text",
                       "label_column": label_column, "epochs": 1, "batch_size": 16,
                       "learning_rate": 1e-3, "max_seq_length": 64,
-                      "baseline": "scratch", "seeds": 2}],
+                      "baseline": "scratch", "seeds": 2,
+                      "num_workers": 0}],  # in-process fits; test_baseline runs them on Ray
         "evaluate": [{"task": "classification", "input": str(splits["test"]),
                       "text_column": "text", "label_column": "label"}],
         "probe": [{"train": str(splits["train"]), "validation": str(splits["dev"]),
