@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _submit(client, wait_s: float = 90.0, pause: float = 2.0, **job) -> str:
+    """Submit; a cluster that was just started may have no job agent yet ("No available
+    agent to submit job"): retried for up to `wait_s` seconds, then Ray's error stands."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -81,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint(command), submission_id=args.job_id,
-                               runtime_env=runtime_env(str(Path(args.working_dir).absolute()),
-                                                       args.env))
+    job_id = _submit(client, entrypoint=entrypoint(command), submission_id=args.job_id,
+                     runtime_env=runtime_env(str(Path(args.working_dir).absolute()), args.env))
     print(f"submitted {job_id} to {address}", flush=True)
     follow = f"RAY_AUTH_MODE=token ray job logs --address {address} --follow {job_id}"
     if args.no_wait:

@@ -33,7 +33,8 @@ def pretrain(workdir: Path, data: Path | str, run_name: str, **overrides) -> dic
     values = {**dataclasses.asdict(load_preset(PretrainConfig, "pretrain", "bert-tiny-cpu")),
               "data": str(data), "run_name": run_name, "storage_path": str(workdir / "ray"),
               "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "max_steps": STEPS,
-              "warmup_steps": 8, "learning_rate": 2e-3, "log_every": 1, "eval_every": 0,
+              "batch_size": 32, "warmup_steps": 8, "learning_rate": 2e-3, "log_every": 1,
+              "eval_every": 0,
               "eval_samples": 256, "checkpoint_every": 20, "zero_stage": 2, **overrides}
     return run(PretrainConfig(**values))
 

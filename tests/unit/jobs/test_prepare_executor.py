@@ -9,7 +9,10 @@ from pipeline.config import PrepareConfig
 
 def test_auto_runs_small_inputs_in_process_and_large_ones_or_named_clusters_on_ray(
         monkeypatch):
+    import ray
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # the suite's integration tests may have started Ray in this process: not here
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     cfg = PrepareConfig(local_max_bytes=1000)
     assert use_ray(cfg, 1000)[0] is False
     assert use_ray(cfg, 1001)[0] is True
@@ -18,6 +21,9 @@ def test_auto_runs_small_inputs_in_process_and_large_ones_or_named_clusters_on_r
     assert use_ray(cfg, 10)[0] is True
     assert use_ray(PrepareConfig(executor="local"), 10**12)[0] is False
     assert use_ray(PrepareConfig(executor="ray"), 1)[0] is True
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    assert use_ray(cfg, 10) == (True, "Ray is running in this process")
 
 
 def test_where_and_how_a_job_runs_is_not_part_of_its_identity():
