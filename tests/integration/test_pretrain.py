@@ -80,17 +80,17 @@ def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_serv
     recipes = {
         # workers read the shards from S3 (credentials reach them through the runtime env)
         "zero1": dict(zero_stage=1, data=s3_shards),
-        "zero2": dict(zero_stage=2),
+        # dynamic masks (a small corpus: 40 steps go through several epochs, new masks each);
+        # the reference for the restarted and resumed runs
+        "zero2": dict(zero_stage=2, data=dynamic_shards),
         # the fully tracked run: a real MLflow server, evaluation, registration, keep 1,
         # packed batches (train and eval), system metrics every second
         "zero3": dict(zero_stage=3, tracking_uri=mlflow_server, eval_every=20,
                       keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1",
                       packing=True, system_metrics_every=1.0),
-        # killed after step 25 and restarted by Ray (checkpoint at 20)
-        "failure": dict(fail_at_step=25, max_failures=1),
-        # dynamic masks: through several epochs, uninterrupted and restarted mid-epoch
-        "dynamic": dict(data=dynamic_shards),
-        "dynamic-failure": dict(data=dynamic_shards, fail_at_step=25, max_failures=1),
+        # killed after step 25, in a later epoch of dynamic masks, and restarted by Ray
+        # (checkpoint at 20)
+        "failure": dict(data=dynamic_shards, fail_at_step=25, max_failures=1),
     }
 
     def get(name: str) -> dict:
@@ -130,12 +130,13 @@ def _same_run(a: dict, b: dict, workdir: Path) -> None:
     assert a["metrics"]["samples"] == b["metrics"]["samples"] == STEPS * 32
 
 
-def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir, wiki_shards):
+def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir,
+                                                                  dynamic_shards):
     from mlflow import MlflowClient
     baseline = runs("zero2")
     with pytest.raises(TrainingFailed, match="rerun the same command"):
-        pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
-    resumed = pretrain(workdir, wiki_shards, "resume", fail_at_step=25, max_failures=0)
+        pretrain(workdir, dynamic_shards, "resume", fail_at_step=25, max_failures=0)
+    resumed = pretrain(workdir, dynamic_shards, "resume", fail_at_step=25, max_failures=0)
     assert resumed["metrics"]["attempts"] == 2
     assert resumed["metrics"]["resumed_from"] == 20     # the last checkpoint before the stop
     assert resumed["checkpoint"].endswith("checkpoint-00000040")
@@ -158,13 +159,13 @@ def test_a_restart_in_a_later_epoch_of_dynamic_masks_repeats_the_uninterrupted_r
     per_epoch = loader.batches_per_epoch(0)
     # 40 steps go through several epochs (new masks each); the kill is past epoch 0
     assert per_epoch < 20 and loader.locate(20)[0] >= 1
-    uninterrupted, restarted = runs("dynamic"), runs("dynamic-failure")
+    uninterrupted, restarted = runs("zero2"), runs("failure")
     assert restarted["metrics"]["attempts"] == 2 and restarted["metrics"]["resumed_from"] == 20
     _same_run(uninterrupted, restarted, workdir)
 
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, workdir,
-                                                                       wiki_shards):
+                                                                       dynamic_shards):
     summary = runs("failure")
     assert summary["metrics"]["step"] == STEPS
     assert summary["metrics"]["attempts"] == 2          # restarted once ...
@@ -172,7 +173,8 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_at_max_steps(runs, wor
     assert (workdir / "ray" / "failure" / ".fail-at-step-25.done").exists()
     _same_run(runs("zero2"), summary, workdir)
     # exactly the samples the loaders plan (what the fault tests compare their runs with)
-    assert runs("zero2")["metrics"]["data_digest"] == planned_digest(wiki_shards, STEPS, 32, 2)
+    assert runs("zero2")["metrics"]["data_digest"] == planned_digest(dynamic_shards, STEPS, 32,
+                                                                     2)
 
 
 def test_checkpoints_keep_the_last_k_and_hold_every_ranks_state(runs):

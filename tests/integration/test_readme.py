@@ -32,7 +32,7 @@ BUDGET = {  # appended to the README's arguments
     "prepare": [],
     "pretrain": ["--max-steps", "4", "--log-every", "2", "--eval-samples", "64",
                  "--register-as", "wiki-bert", "--model-alias", "phase1"],
-    "finetune": ["--epochs", "1", "--max-seq-length", "64", "--seeds", "1",
+    "finetune": ["--epochs", "1", "--max-seq-length", "64", "--seeds", "1", "--num-workers", "0",
                  "--register-as", "wiki-bert-classification"],
     "evaluate": [],
     "probe": ["--max-seq-length", "64"],
