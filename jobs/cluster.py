@@ -84,8 +84,11 @@ def _raylets(info: dict) -> list[int]:
 def _start_worker(info: dict, cpus: int, env: dict[str, str]) -> int:
     """One more raylet joining the head; its pid."""
     before = set(_raylets(info))
+    # each node's dashboard agent on a free port: Ray's fixed default (52365) is taken by the
+    # first node or by any other Ray instance on this machine, and the Jobs API needs the agent
     subprocess.run([_ray_bin(), "start", f"--address={info['ray_address']}",
                     "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                    f"--dashboard-agent-listen-port={free_port(20000)}",
                     "--disable-usage-stats"], check=True, env=env, stdout=subprocess.DEVNULL)
     new = [pid for pid in _raylets(info) if pid not in before]
     return new[-1] if new else -1
@@ -104,6 +107,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1",
                     f"--port={gcs}", f"--num-cpus={head_cpus}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={free_port(20000)}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
