@@ -3,7 +3,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bertpipe-installed
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/bertpipe/torch_extensions
+# DeepSpeed caches its compiled ops in .venv/torch_extensions (jobs/train/runtime.py)
 export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup browser demo demo-zh lint test clean

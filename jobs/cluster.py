@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -85,11 +86,17 @@ def _start_worker(info: dict, cpus: int, env: dict[str, str]) -> int:
     """One more raylet joining the head; its pid."""
     before = set(_raylets(info))
     # each node's dashboard agent on a free port: Ray's fixed default (52365) is taken by the
-    # first node or by any other Ray instance on this machine, and the Jobs API needs the agent
+    # first node or by any other Ray instance on this machine, and the Jobs API needs the
+    # agent. Each node its own temp dir: nodes sharing one unpack a job's working_dir into the
+    # same folder, and a second node replacing it pulls the folder out from under the job's
+    # driver (its working directory is gone: os.getcwd() fails)
+    node_dir = next(d for d in (f"{info['temp_dir']}-{n}" for n in range(1, 10_000))
+                    if not Path(d).exists())
     subprocess.run([_ray_bin(), "start", f"--address={info['ray_address']}",
                     "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
                     f"--dashboard-agent-listen-port={free_port(20000)}",
-                    "--disable-usage-stats"], check=True, env=env, stdout=subprocess.DEVNULL)
+                    f"--temp-dir={node_dir}", "--disable-usage-stats"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
     new = [pid for pid in _raylets(info) if pid not in before]
     return new[-1] if new else -1
 
@@ -228,7 +235,8 @@ def down(folder: Path = DEFAULT_DIR) -> bool:
     if info.get("mlflow_pid"):
         stop_group(info["mlflow_pid"])
     (folder / "cluster.json").unlink()
-    shutil.rmtree(info["temp_dir"], ignore_errors=True)
+    for node_dir in (info["temp_dir"], *glob.glob(f"{info['temp_dir']}-*")):
+        shutil.rmtree(node_dir, ignore_errors=True)
     return True
 
 

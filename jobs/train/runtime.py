@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,9 +37,24 @@ MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def extensions_dir() -> str:
-    """Where DeepSpeed's compiled ops are cached between runs (a cold build takes minutes)."""
-    return os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                                 str(Path.home() / ".cache" / "bertpipe" / "torch_extensions"))
+    """Where DeepSpeed's compiled ops are cached between runs (a cold build takes a minute or
+    more): one folder per Python environment (`<venv>/torch_extensions`), since a build
+    names that environment's paths and a second environment in the same folder rebuilds."""
+    prefix = Path(sys.prefix)
+    default = prefix / "torch_extensions" if prefix != Path(sys.base_prefix) else \
+        Path.home() / ".cache" / "bertpipe" / "torch_extensions"
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default))
+
+
+def interpreter_tools_first() -> None:
+    """Put this interpreter's bin folder first on PATH. DeepSpeed builds its ops with the
+    `ninja` on PATH; a cluster node has the environment's own (pip's) first, a shell often
+    the system's, and ninja rebuilds from scratch when another version wrote the build log
+    (a minute on 2 cores, each time the two alternate)."""
+    tools = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != tools:
+        os.environ["PATH"] = tools + (os.pathsep + path if path else "")
 
 
 def settings_env() -> dict[str, str]:
@@ -74,9 +90,12 @@ def storage_root(path: str) -> str:
 
 
 def apply_settings(env: dict[str, str]) -> None:
-    """On a worker: settings from the driver, unless the worker's own environment has them."""
+    """On a worker, before DeepSpeed loads its ops: settings from the driver, unless the
+    worker's own environment has them, and this environment's build tools first."""
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    extensions_dir()
+    interpreter_tools_first()
 
 
 def secrets_hook(secrets: dict[str, str]):

@@ -3,6 +3,7 @@ ports it lists (checked against `ss -ltnp`), a real job submitted through the Ra
 pretraining that loses its second node mid-run, and everything stopped by one command.
 
 The cluster has one CPU per node, so a 2-worker pretraining run puts one worker on each."""
+import glob
 import json
 import os
 import re
@@ -124,6 +125,10 @@ def test_a_pretrain_job_submitted_to_the_cluster_is_tracked_in_its_mlflow(runnin
     run = c.get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "on-cluster"
     assert c.get_metric_history(run.info.run_id, "loss")
+    # the driver logged the model from its working_dir, which the second node's workers
+    # unpacked too (nodes sharing a temp dir once pulled it out from under the driver)
+    assert "could not" not in sub.stdout and summary["model_uri"].startswith("models:/")
+    assert c.get_logged_model(summary["model_uri"].split("/")[-1]).source_run_id == run.info.run_id
 
 
 def _training_worker_on(raylet_pid: int) -> bool:
@@ -176,7 +181,10 @@ def test_losing_a_node_mid_pretraining_resumes_when_the_node_returns(running, sh
     print(f"node lost to run finished: {recovered:.0f}s")
     # the MLflow credential reached the workers without landing in Ray's logs or the output
     logs = Path(info["temp_dir"]) / "session_latest" / "logs"
-    leaked = [f for f in logs.rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+    every_node = glob.glob(f"{info['temp_dir']}*/session_*/logs")    # a temp dir per node
+    assert len(every_node) >= 3                                         # head, lost, returned
+    leaked = [f for d in every_node for f in Path(d).rglob("*")
+              if f.is_file() and PASSWORD.encode() in f.read_bytes()]
     assert not leaked and PASSWORD not in output
     assert "bertpipe_credentials" in (logs / "runtime_env_agent.log").read_text()
 
