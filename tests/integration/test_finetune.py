@@ -53,16 +53,17 @@ def run_cli(fn, capsys, args: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def classifier(topics, minilm_dir, ray_local, tmp_path_factory):
-    """The real fine-tune, once for the module: one Ray Train worker, 1 epoch over 640
-    lead sections at 64 tokens (20 steps of 32)."""
+def classifier(topics, minilm_dir, tmp_path_factory):
+    """The real fine-tune, once for the module, in this process (`num_workers 0`; the search
+    below and the multiple-choice task run Ray Train workers): 1 epoch over 640 lead
+    sections at 64 tokens (20 steps of 32)."""
     work = tmp_path_factory.mktemp("classifier")
     from jobs.finetune.config import FinetuneConfig
     from jobs.finetune.driver import run
     cfg = FinetuneConfig(task="classification", model=str(minilm_dir), train=str(topics["train"]),
                          validation=str(topics["dev"]), label_column="topic", max_seq_length=64,
-                         epochs=1, batch_size=32, learning_rate=2e-4, num_workers=1,
-                         cpus_per_worker=2, log_every=5, storage_path=str(work / "ray"),
+                         epochs=1, batch_size=32, learning_rate=2e-4, num_workers=0,
+                         log_every=5, storage_path=str(work / "ray"),
                          output=str(work / "model"),
                          tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     return run(cfg), work

@@ -16,7 +16,6 @@ import pytest
 from jobs.config import load_preset
 from jobs.pretrain.config import PretrainConfig
 from jobs.pretrain.driver import run
-from jobs.train.runtime import JobFailed as TrainingFailed
 from tests.helpers import planned_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -89,7 +88,9 @@ def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_serv
                       keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1",
                       packing=True, system_metrics_every=1.0),
         # killed after step 25, in a later epoch of dynamic masks, and restarted by Ray
-        # (checkpoint at 20)
+        # (checkpoint at 20). A stopped job rerun by the user resumes through the same
+        # checkpoint path: tests/integration/test_faults.py reruns one (run B) and checks its
+        # samples, its single MLflow run and the one-line "rerun the same command" advice.
         "failure": dict(data=dynamic_shards, fail_at_step=25, max_failures=1),
     }
 
@@ -128,23 +129,6 @@ def _same_run(a: dict, b: dict, workdir: Path) -> None:
     # the same samples in the same order on every rank, from the first step to the last
     assert a["metrics"]["data_digest"] == b["metrics"]["data_digest"]
     assert a["metrics"]["samples"] == b["metrics"]["samples"] == STEPS * 32
-
-
-def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(runs, workdir,
-                                                                  dynamic_shards):
-    from mlflow import MlflowClient
-    baseline = runs("zero2")
-    with pytest.raises(TrainingFailed, match="rerun the same command"):
-        pretrain(workdir, dynamic_shards, "resume", fail_at_step=25, max_failures=0)
-    resumed = pretrain(workdir, dynamic_shards, "resume", fail_at_step=25, max_failures=0)
-    assert resumed["metrics"]["attempts"] == 2
-    assert resumed["metrics"]["resumed_from"] == 20     # the last checkpoint before the stop
-    assert resumed["checkpoint"].endswith("checkpoint-00000040")
-    _same_run(baseline, resumed, workdir)
-    c = MlflowClient(sqlite_uri(workdir))
-    found = c.search_runs([c.get_experiment_by_name("bertpipe-pretrain").experiment_id],
-                          filter_string="tags.`bertpipe.run_name` = 'resume'")
-    assert [r.info.run_id for r in found] == [resumed["run_id"]]   # the same run, no duplicate
 
 
 def test_a_restart_in_a_later_epoch_of_dynamic_masks_repeats_the_uninterrupted_run(
