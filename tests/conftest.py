@@ -90,8 +90,11 @@ def ray_local(s3_server):
     Starts after the S3 server so that workers inherit its endpoint and credentials.
     """
     import ray
+
+    from jobs.train.runtime import local_ray_settings
     if ray.is_initialized():
         ray.shutdown()
+    local_ray_settings()   # as a job's own local Ray: the raylet's processes inherit it
     env_vars = {k: os.environ[k] for k in ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL",
                                             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                             "AWS_DEFAULT_REGION") if k in os.environ}

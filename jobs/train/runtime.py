@@ -79,6 +79,20 @@ def secrets_env(paths: Iterable[str | None] = (), tracking_uri: str | None = Non
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+# A Ray instance a job starts for itself is one machine with no node to drain: no preemption
+# watcher (one actor process less per worker group start), and the Train controller polls its
+# workers more often (a finished or failed step is seen sooner). About 8 s less per Ray Train
+# run on 2 cores. A cluster's own settings are left alone; the user's environment wins.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def local_ray_settings() -> None:
+    """Before starting a local Ray instance: its processes inherit LOCAL_RAY_ENV."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def worker_env(paths: Iterable[str | None] = (), tracking_uri: str | None = None) -> dict[str, str]:
     return {**settings_env(), **secrets_env(paths, tracking_uri)}
 
@@ -139,7 +153,10 @@ def ray_session(address: str | None, env: dict[str, str],
     runtime_env: dict = {"env_vars": {k: v for k, v in env.items() if k not in secrets}}
     if secrets:
         runtime_env["worker_process_setup_hook"] = secrets_hook(secrets)
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=log_to_driver,
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        local_ray_settings()
+    ray.init(address=address, log_to_driver=log_to_driver,
              runtime_env=runtime_env)
     try:
         yield True

@@ -41,3 +41,13 @@ def _keep_environment(monkeypatch):
     for key in ("BERTPIPE_CACHE", "TORCH_EXTENSIONS_DIR"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
+
+
+def test_a_local_ray_a_job_starts_has_no_preemption_watcher_unless_the_user_says(monkeypatch):
+    from jobs.train.runtime import LOCAL_RAY_ENV, local_ray_settings
+    for key in LOCAL_RAY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+    local_ray_settings()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "5"      # the user's value
