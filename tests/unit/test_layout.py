@@ -53,10 +53,24 @@ def test_jobs_keeps_about_a_dozen_top_level_modules():
     assert len(top) <= 12, sorted(top)
 
 
-@pytest.mark.parametrize("module", ["jobs.prepare", "jobs.pretrain", "jobs.finetune",
-                                    "jobs.evaluate", "jobs.embed", "jobs.workflow"])
-def test_python_dash_m_still_runs_every_job(module):
-    run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, text=True,
-                         capture_output=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "usage: bertpipe" in run.stdout
+JOBS = ["jobs.prepare", "jobs.pretrain", "jobs.finetune", "jobs.evaluate", "jobs.embed",
+        "jobs.workflow"]
+
+
+@pytest.fixture(scope="module")
+def dash_m_help():
+    """`python -m JOB --help` for every job, started together (each is mostly imports)."""
+    procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for m in JOBS}
+    done = {}
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        done[module] = (proc.returncode, out, err)
+    return done
+
+
+@pytest.mark.parametrize("module", JOBS)
+def test_python_dash_m_still_runs_every_job(module, dash_m_help):
+    code, out, err = dash_m_help[module]
+    assert code == 0, err
+    assert "usage: bertpipe" in out
