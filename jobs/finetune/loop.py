@@ -88,7 +88,7 @@ def train_loop(loop_config: dict) -> dict | None:
     from jobs.finetune.predict import goodness, infer, merge, score, to_tensors
     from jobs.finetune.tasks import INPUTS, TaskSpec, tokenizer_for
     from jobs.tracking import MetricLogger
-    from jobs.train.deepspeed import deepspeed_config
+    from jobs.train.deepspeed import deepspeed_config, init_distributed
     from jobs.train.device import resolve_precision
     from jobs.train.optim import build_optimizer, build_schedule
     from jobs.train.runtime import apply_settings
@@ -125,7 +125,7 @@ def train_loop(loop_config: dict) -> dict | None:
     autocast = torch.bfloat16 if precision == "bf16" and not cfg.deepspeed else None
     if cfg.deepspeed:
         import deepspeed
-        deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
+        init_distributed(gpu)
         engine, _, _, schedule = deepspeed.initialize(
             model=net, optimizer=optimizer, lr_scheduler=schedule,
             config=deepspeed_config(

@@ -169,14 +169,14 @@ class Worker:
         import deepspeed
 
         from jobs.pretrain.model import compile_encoder
-        from jobs.train.deepspeed import safe_checkpoint_engine
+        from jobs.train.deepspeed import init_distributed, safe_checkpoint_engine
         from jobs.train.optim import build_optimizer, build_schedule
         cfg = self.cfg
         if cfg.compile:
             compile_encoder(model)
         optimizer = build_optimizer(model, cfg, self.gpu, offload=cfg.offload_optimizer)
         schedule = build_schedule(optimizer, cfg.warmup(cfg.max_steps), cfg.max_steps)
-        deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
+        init_distributed(self.gpu)
         engine, _, _, schedule = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule,
             config=cfg.deepspeed_json(self.gpu))

@@ -6,6 +6,7 @@ config `deepspeed.initialize` gets, and checkpoint loading without unpickling co
   the keys our options own cannot be changed by that file.
 - `SafeCheckpointEngine` reads DeepSpeed's own checkpoint files with
   `torch.load(weights_only=True)`, allowing only the few DeepSpeed value classes they hold.
+- `init_distributed`: DeepSpeed's process group, without its inference-only CPU op build.
 Never touches Ray, MLflow or the data.
 """
 from __future__ import annotations
@@ -108,3 +109,17 @@ def safe_checkpoint_engine(config_params=None):
                                      "tensors; refused, nothing in it was run") from None
 
     return SafeCheckpointEngine(config_params)
+
+
+def init_distributed(gpu: bool) -> None:
+    """`deepspeed.init_distributed` for training. On CPU, DeepSpeed's torch backend would first
+    compile a shared-memory op (a C++ build, about a minute on 2 cores in each new
+    environment, after probing the compilers for every op in every worker) that serves only
+    DeepSpeed-Inference's all-reduce; training's collectives go through torch.distributed.
+    `deepspeed.ops.__compatible_ops__` is the table it checks (DeepSpeed keeps edits to it):
+    the op is marked unavailable, so none of that runs."""
+    import deepspeed
+    import deepspeed.ops
+    if not gpu:
+        deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
