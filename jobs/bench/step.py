@@ -127,12 +127,12 @@ def deepspeed_step(model, inputs, b: StepBenchConfig):
     import deepspeed
 
     from jobs.tracking.server import free_port
-    from jobs.train.deepspeed import deepspeed_config
+    from jobs.train.deepspeed import deepspeed_config, init_distributed
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
         os.environ.setdefault(k, v)
-    deepspeed.init_distributed(dist_backend="nccl" if b.device == "cuda" else "gloo")
     gpu = b.device == "cuda"
+    init_distributed(gpu)
     ds_config = deepspeed_config(batch_size=b.batch_size, micro_batch=b.batch_size,
                                  accumulation=1, zero_stage=b.zero_stage,
                                  precision=b.precision, max_grad_norm=1.0, gpu=gpu)

@@ -148,10 +148,11 @@ def deepspeed_engine(w: Worker):
     import deepspeed
 
     from jobs.tracking.server import free_port
+    from jobs.train.deepspeed import init_distributed
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
         os.environ.setdefault(k, v)
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(gpu=False)   # as the job does (no inference-only op build on CPU)
     model = build_model(w.model_cfg, None, w.cfg.seed)
     opt = build_optimizer(model, w.cfg, gpu=False)
     schedule = build_schedule(opt, 2, w.cfg.max_steps)
