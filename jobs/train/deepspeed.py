@@ -118,7 +118,6 @@ def init_distributed(gpu: bool) -> None:
     DeepSpeed-Inference's all-reduce; training's collectives go through torch.distributed.
     `deepspeed.ops.__compatible_ops__` is the table it checks (DeepSpeed keeps edits to it):
     the op is marked unavailable, so none of that runs."""
-    import deepspeed
     import deepspeed.ops
     if not gpu:
         deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
