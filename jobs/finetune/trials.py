@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from jobs.train.failures import root_cause
 from jobs.train.runtime import settings_env, storage_root
+from jobs.train.trainer import torch_trainer
 from pipeline.storage import delete, join
 
 
@@ -38,7 +39,6 @@ class TrialJob:
 def fit_trial(job: TrialJob) -> dict:
     """Train one trial; {"name", "trial", "run_id", "result" (rank 0's return), "checkpoint"}."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from jobs.finetune.loop import train_loop
     local = job.num_workers == 0
@@ -46,7 +46,7 @@ def fit_trial(job: TrialJob) -> dict:
     if not local:
         delete(join(storage, job.name))  # no resuming of an old attempt: train afresh
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
         train_loop_config={**job.loop_config, "trial": job.trial, "trial_name": job.name,
                            "run_id": job.run_id, "use_gpu": job.use_gpu, "local": local,

@@ -42,6 +42,7 @@ from jobs.train.runtime import (
     worker_env,
 )
 from jobs.train.sources import resolve_model
+from jobs.train.trainer import torch_trainer
 from model import BertConfig
 from pipeline.dataset import Dataset, open_dataset, split_holdout, verify_files
 from pipeline.loader import PretrainLoader
@@ -173,12 +174,11 @@ def run(cfg: PretrainConfig) -> dict:
 
 def _fit(job: Job, gpu: bool, run_id: str | None, secrets: dict[str, str]):
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from jobs.pretrain.loop import train_loop
     cfg = job.cfg
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if gpu else {})}
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop,
         train_loop_config={"config": dataclasses.asdict(cfg), "run_name": job.run_name,
                            "unigram_loss": job.unigram.loss,

@@ -93,6 +93,17 @@ def local_ray_settings() -> None:
         os.environ.setdefault(key, value)
 
 
+def own_local_ray() -> bool:
+    """Whether this process started the Ray instance it is connected to: a local instance
+    that ends with this process (Ray keeps no public flag for it; False if that changes)."""
+    try:
+        from ray._private import worker
+        node = worker._global_node
+    except (ImportError, AttributeError):
+        return False
+    return bool(node is not None and getattr(node, "head", False))
+
+
 def worker_env(paths: Iterable[str | None] = (), tracking_uri: str | None = None) -> dict[str, str]:
     return {**settings_env(), **secrets_env(paths, tracking_uri)}
 
