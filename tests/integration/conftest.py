@@ -1,5 +1,9 @@
-"""Integration fixtures: a real MLflow server on 127.0.0.1, stopped after the session."""
+"""Integration fixtures: a real MLflow server on 127.0.0.1, stopped after the session; new
+MLflow SQLite stores; the Wikipedia fixture's shards."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,23 @@ def mlflow_server(tmp_path_factory):
     runner) on a free 127.0.0.1 port; yields its tracking URI."""
     with lean_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def sqlite_tracking(tmp_path_factory):
+    """`sqlite_tracking(folder)`: the tracking URI of a new, empty MLflow SQLite store in
+    `folder`. A new store runs MLflow's schema migrations (about 5 s here); each test's store
+    is a copy of one made once, which opens in a tenth of a second."""
+    from mlflow import MlflowClient
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def make(folder: Path) -> str:
+        db = Path(folder) / "mlflow.db"
+        if not db.exists():
+            shutil.copyfile(template, db)
+        return f"sqlite:///{db}"
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def run_cli(fn, capsys, args: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def classifier(topics, minilm_dir, tmp_path_factory):
+def classifier(topics, minilm_dir, tmp_path_factory, sqlite_tracking):
     """The real fine-tune, once for the module, in this process (`num_workers 0`; the search
     below and the multiple-choice task run Ray Train workers): 1 epoch over 640 lead
     sections at 64 tokens (20 steps of 32)."""
@@ -65,7 +65,7 @@ def classifier(topics, minilm_dir, tmp_path_factory):
                          epochs=1, batch_size=32, learning_rate=2e-4, num_workers=0,
                          log_every=5, storage_path=str(work / "ray"),
                          output=str(work / "model"),
-                         tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+                         tracking_uri=sqlite_tracking(work))
     return run(cfg), work
 
 
@@ -103,10 +103,10 @@ def test_evaluate_reproduces_the_dev_metrics_and_writes_predictions(classifier, 
 
 
 def test_a_missing_column_and_an_unknown_label_are_one_line_errors(topics, minilm_dir, capsys,
-                                                                   tmp_path):
+                                                                   tmp_path, sqlite_tracking):
     args = ["--model", str(minilm_dir), "--train", str(topics["small_train"]),
             "--validation", str(topics["small_dev"]), "--num-workers", "0",
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+            "--tracking-uri", sqlite_tracking(tmp_path)]
     assert finetune(args + ["--label-column", "category"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the job's progress lines
     assert err.startswith("bertpipe: error: ") and "small-train.jsonl" in err

@@ -81,7 +81,8 @@ def squad_rows(rng: random.Random, n: int, names: list[str], prefix: str) -> lis
     return rows
 
 
-def test_question_answering_with_windows_and_unanswerables_learns_past_chance(tmp_path, capsys, minilm_dir):
+def test_question_answering_with_windows_and_unanswerables_learns_past_chance(
+        tmp_path, capsys, minilm_dir, sqlite_tracking):
     rng = random.Random(0)
     train = write_jsonl(tmp_path / "train.jsonl", squad_rows(rng, 256, NAMES, "t"))
     dev_rows = squad_rows(rng, 80, DEV_NAMES, "d")
@@ -90,7 +91,7 @@ def test_question_answering_with_windows_and_unanswerables_learns_past_chance(tm
         capsys, "--task", "question-answering", "--model", str(minilm_dir), "--train", train,
         "--validation", dev, "--doc-stride", "16", "--max-query-length", "16", "--epochs", "2",
         "--batch-size", "16", "--learning-rate", "2e-4", "--output", str(tmp_path / "qa"),
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *COMMON, "--max-seq-length", "48")
+        "--tracking-uri", sqlite_tracking(tmp_path), *COMMON, "--max-seq-length", "48")
     m = summary["metrics"]
     unanswerable = sum(1 for r in dev_rows if not r["answers"]) / len(dev_rows)
     # always "no answer" scores `unanswerable` (1/4); a span copier must do far better
@@ -102,7 +103,7 @@ def test_question_answering_with_windows_and_unanswerables_learns_past_chance(tm
     # the saved model evaluates the same: its task file carries windows and the threshold
     code = evaluate(["--model", str(tmp_path / "qa"), "--input", dev,
                      "--predictions", str(tmp_path / "pred.jsonl"),
-                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+                     "--tracking-uri", sqlite_tracking(tmp_path)])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and result["metrics"]["f1"] == pytest.approx(m["dev_f1"])
     first = json.loads((tmp_path / "pred.jsonl").read_text().splitlines()[0])
@@ -127,7 +128,8 @@ def swag_rows(rng: random.Random, n: int, names: list[str]) -> list[dict]:
 
 
 def test_multiple_choice_on_two_deepspeed_workers_learns_past_chance(tmp_path, capsys,
-                                                                     minilm_dir, ray_local):
+                                                                     minilm_dir, ray_local,
+                                                                     sqlite_tracking):
     """Also the distributed path: 2 Ray Train workers, DeepSpeed ZeRO-2, dev outputs
     gathered from both workers."""
     rng = random.Random(1)
@@ -136,7 +138,7 @@ def test_multiple_choice_on_two_deepspeed_workers_learns_past_chance(tmp_path, c
     summary = run_finetune(
         capsys, "--task", "multiple-choice", "--model", str(minilm_dir), "--train", train,
         "--validation", dev, "--text-pair-column", "sent2", "--epochs", "1", "--batch-size", "16",
-        "--learning-rate", "1e-4", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--learning-rate", "1e-4", "--tracking-uri", sqlite_tracking(tmp_path),
         *COMMON, "--num-workers", "2", "--cpus-per-worker", "1", "--deepspeed",
         "--zero-stage", "2", "--storage-path", str(tmp_path / "ray"))
     assert summary["metrics"]["dev_accuracy"] > 0.6, summary["metrics"]  # chance: 0.25
@@ -168,7 +170,8 @@ def ner_sentences(rng: random.Random, n: int, names: list[str]) -> list[dict]:
     return rows
 
 
-def test_token_classification_on_conll_learns_entities(tmp_path, capsys, minilm_dir):
+def test_token_classification_on_conll_learns_entities(tmp_path, capsys, minilm_dir,
+                                                       sqlite_tracking):
     rng = random.Random(2)
 
     def conll(path: Path, rows: list[dict]) -> str:
@@ -180,6 +183,6 @@ def test_token_classification_on_conll_learns_entities(tmp_path, capsys, minilm_
     summary = run_finetune(
         capsys, "--preset", "finetune-conll-ner", "--model", str(minilm_dir), "--train", train,
         "--validation", dev, "--epochs", "2", "--batch-size", "16", "--learning-rate", "1e-4",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *COMMON)
+        "--tracking-uri", sqlite_tracking(tmp_path), *COMMON)
     assert summary["metric"] == "f1"
     assert summary["metrics"]["dev_f1"] > 0.7, summary["metrics"]  # entity-level, seqeval's

@@ -48,7 +48,8 @@ def rows(rng: random.Random, n: int) -> list[dict]:
     return out
 
 
-def test_chinese_bio_per_character_fine_tunes_and_evaluates(tmp_path, capsys, minilm_dir):
+def test_chinese_bio_per_character_fine_tunes_and_evaluates(tmp_path, capsys, minilm_dir,
+                                                           sqlite_tracking):
     vocab = set((minilm_dir / "vocab.txt").read_text(encoding="utf-8").split("\n"))
     assert all(c in vocab for c in "".join(PERSONS + PLACES + ORGS + TEMPLATES) if c not in "{}PLO")
     rng = random.Random(3)
@@ -60,7 +61,7 @@ def test_chinese_bio_per_character_fine_tunes_and_evaluates(tmp_path, capsys, mi
         return str(path)
     train, dev_rows = write("train.jsonl", rows(rng, 240)), rows(rng, 60)
     dev = write("dev.jsonl", dev_rows)
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = sqlite_tracking(tmp_path)
     code = finetune(["--task", "token-classification", "--model", str(minilm_dir),
                      "--train", train, "--validation", dev, "--epochs", "2",
                      "--batch-size", "16", "--learning-rate", "1e-4", "--num-workers", "0",

@@ -25,8 +25,10 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pretrain")
+def workdir(tmp_path_factory, sqlite_tracking):
+    work = tmp_path_factory.mktemp("pretrain")
+    sqlite_tracking(work)   # its runs' store: work/mlflow.db
+    return work
 
 
 def pretrain(workdir: Path, data: Path | str, run_name: str, **overrides) -> dict:

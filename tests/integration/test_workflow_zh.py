@@ -24,13 +24,13 @@ def _slice(src, dest, n):
 @pytest.mark.timeout(600)
 def test_the_chinese_workflow_runs_its_stages_on_a_slice(ray_local, tmp_path,
                                                          peoples_daily_jsonl, zh_vocab,
-                                                         zh_sentiment):
+                                                         zh_sentiment, sqlite_tracking):
     corpus = _slice(peoples_daily_jsonl, tmp_path / "pd.jsonl", 150)
     train = _slice(zh_sentiment["train-500"], tmp_path / "train.jsonl", 160)
     dev = _slice(zh_sentiment["dev"], tmp_path / "dev.jsonl", 48)
     test = _slice(zh_sentiment["test"], tmp_path / "test.jsonl", 48)
     wf = load(WORKFLOWS / "chinese.yaml", [
-        f"storage={tmp_path / 'store'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"storage={tmp_path / 'store'}", f"tracking_uri={sqlite_tracking(tmp_path)}",
         f"prepare.input=[{corpus}]", f"prepare.vocab={zh_vocab}", "prepare.dupe_factor=1",
         "prepare.max_seq_length=64",
         "pretrain.max_steps=4", "pretrain.batch_size=16", "pretrain.warmup_steps=1",
