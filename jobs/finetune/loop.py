@@ -20,7 +20,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,9 +59,11 @@ def initial_model(spec, hf_dir, trial: dict, default_seed: int) -> torch.nn.Modu
 
 
 def save_best(net, spec, metrics: dict, epoch: int, vocab: list[str], do_lower_case: bool) -> Path:
-    """The model as a HF folder plus its task spec and dev metrics (a fresh temp folder)."""
+    """The model as a HF folder plus its task spec and dev metrics (a new scratch folder,
+    removed when this process exits)."""
     import model.hf
-    folder = Path(tempfile.mkdtemp(prefix="bertpipe-finetune-best-"))
+    from jobs.train.paths import scratch_dir
+    folder = scratch_dir("finetune-best-")
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in model.hf.unwrap(net).state_dict().items()}
     model.hf.save(net, folder, vocab=vocab, do_lower_case=do_lower_case, state_dict=state)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +92,6 @@ def check_job(cfg: PretrainConfig) -> Job:
     init_dir = None
     if cfg.init_from:
         source = resolve_model(cfg.init_from, tracking_uri, flag="--init-from",
-                               dest=Path(tempfile.mkdtemp(prefix="bertpipe-init-")),
                                need_vocab=False)
         init_dir = source.hf_dir
     model_cfg = model_config(cfg, ds, init_dir)

@@ -23,7 +23,6 @@ import hashlib
 import os
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -140,7 +139,7 @@ class Worker:
             local = loop_config.get("init_dir")  # the driver's download, when on this node
             init_dir = Path(local) if local and Path(local).is_dir() else resolve_model(
                 cfg.init_from, loop_config["tracking_uri"], flag="--init-from",
-                dest=Path(tempfile.mkdtemp(prefix="bertpipe-init-")), need_vocab=False).hf_dir
+                need_vocab=False).hf_dir
         self.model_cfg = model_config(cfg, ds, init_dir)
         self.engine, self.schedule = self._deepspeed(build_model(self.model_cfg, init_dir, cfg.seed))
         self.vocab = load_vocab(ds.vocab_file)

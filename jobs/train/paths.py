@@ -10,11 +10,19 @@ URIs (anything with `://` or a scheme such as `file:`). `~` is expanded. Idempot
 runner (`jobs.cli.run_job`) and the workflow's stage builder call it; so does the pretraining
 driver's `check_job` for callers that build configs in Python. Never checks that a path
 exists (the jobs do, with errors that name the flag).
+
+`scratch_dir(prefix)`: a new local folder for what a process downloads or stages (a model from
+MLflow or object storage, a fine-tune's best epoch in local mode), under one temp folder per
+process that is removed when the process exits.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from jobs.train.runtime import MLFLOW_MODEL_SCHEMES
@@ -65,3 +73,17 @@ def absolute_paths(cfg):
         changes["tracking_uri"] = absolute_tracking_uri(cfg.tracking_uri)
     changes = {k: v for k, v in changes.items() if v != getattr(cfg, k)}
     return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+_scratch_root: list[Path] = []
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new folder under this process's scratch folder (`$TMPDIR/bertpipe-PID-*`), removed
+    with everything in it when the process exits: a model downloaded for one run, or a staged
+    best epoch, is not left in /tmp after the job (they were: 11 GB after a day of tests)."""
+    if not _scratch_root:
+        root = Path(tempfile.mkdtemp(prefix=f"bertpipe-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _scratch_root.append(root)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_root[0]))

@@ -11,10 +11,10 @@ Never trains and never reads task data.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.train.paths import scratch_dir
 from jobs.train.runtime import MLFLOW_MODEL_SCHEMES as MLFLOW_SCHEMES
 from pipeline.errors import InputError
 from pipeline.storage import filesystem, is_remote
@@ -80,7 +80,7 @@ def resolve_model(src: str, tracking_uri: str | None, dest: Path | None = None,
     src = str(src)
     if src.startswith(MLFLOW_SCHEMES):
         from jobs.tracking import download_model
-        dest = dest or Path(tempfile.mkdtemp(prefix="bertpipe-model-"))
+        dest = dest or scratch_dir("model-")
         try:
             hf_dir = download_model(src, dest, tracking_uri)
             run_id, registered = lineage(src, tracking_uri)
@@ -108,7 +108,7 @@ def _fetch_checkpoint(src: str, dest: Path | None, flag: str) -> Path:
     fs, inner = filesystem(src.rstrip("/") + "/hf")
     if fs.get_file_info(inner).type != pafs.FileType.Directory:
         raise InputError(f"{flag} {src}: no hf/ folder there (not a checkpoint of this job)")
-    dest = dest or Path(tempfile.mkdtemp(prefix="bertpipe-model-"))
+    dest = dest or scratch_dir("model-")
     dest.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(inner, str(dest / "hf"), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())

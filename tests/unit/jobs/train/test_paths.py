@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -80,3 +83,18 @@ def test_the_cli_runner_resolves_paths_before_the_job_runs(tmp_path, monkeypatch
         str(tmp_path / "model"), str(tmp_path / "test.jsonl"), str(tmp_path / "out/p.jsonl"))
     assert cfg.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert Path(cfg.model).is_absolute()
+
+
+def test_scratch_folders_share_one_root_per_process_and_go_when_it_exits(tmp_path):
+    code = ("import json, sys; from jobs.train.paths import scratch_dir\n"
+            "a, b = scratch_dir('model-'), scratch_dir('finetune-best-')\n"
+            "(a / 'weights').write_bytes(b'x' * 1000)\n"
+            "print(json.dumps([str(a), str(b)]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(tmp_path)},
+                          cwd=Path(__file__).resolve().parents[4], check=True)
+    a, b = map(Path, json.loads(done.stdout))
+    assert a.parent == b.parent and a.parent.parent == tmp_path
+    assert a.name.startswith("model-") and a.parent.name.startswith("bertpipe-")
+    assert not a.parent.exists()          # removed, with the file in it, at exit
+    assert list(tmp_path.iterdir()) == []
