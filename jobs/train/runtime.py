@@ -82,7 +82,8 @@ def secrets_env(paths: Iterable[str | None] = (), tracking_uri: str | None = Non
 # A Ray instance a job starts for itself is one machine with no node to drain: no preemption
 # watcher (one actor process less per worker group start), and the Train controller polls its
 # workers more often (a finished or failed step is seen sooner). About 6 s less per Ray Train
-# run on 2 cores (measured twice each: 49.6 and 50.8 s against 54.8 and 58.4 s). A cluster's own settings are left alone; the user's environment wins.
+# run on 2 cores (measured twice each: 49.6 and 50.8 s against 54.8 and 58.4 s). A cluster's
+# own settings are left alone; the user's environment wins.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                  "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
