@@ -1,5 +1,5 @@
 """Integration fixtures: a real MLflow server on 127.0.0.1, stopped after the session; new
-MLflow SQLite stores; the Wikipedia fixture's shards."""
+MLflow SQLite stores; the Wikipedia fixture's shards, on disk and in moto's S3."""
 from __future__ import annotations
 
 import shutil
@@ -47,3 +47,14 @@ def wiki_shards(wiki_jsonl, tmp_path_factory):
                     "--num-shards", "6", "--executor", "local"])
     assert code in (0, None)
     return out
+
+
+@pytest.fixture(scope="session")
+def wiki_shards_s3(wiki_shards, s3_server) -> str:
+    """The same shards in a bucket of the session's moto S3 server: their s3:// URI."""
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="wiki-shards")
+    for f in Path(wiki_shards).iterdir():
+        s3.upload_file(str(f), "wiki-shards", f"wiki128/{f.name}")
+    return "s3://wiki-shards/wiki128"

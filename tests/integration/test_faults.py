@@ -80,16 +80,6 @@ def fill(fs: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.fixture(scope="module")
-def s3_data(wiki_shards, s3_server):
-    import boto3
-    s3 = boto3.client("s3", endpoint_url=s3_server)
-    s3.create_bucket(Bucket="faults-data")
-    for f in Path(wiki_shards).iterdir():
-        s3.upload_file(str(f), "faults-data", f"wiki128/{f.name}")
-    return "s3://faults-data/wiki128"
-
-
 class Outage(threading.Thread):
     """When run B holds after checkpoint 20 (and MLflow has its step 20): stop the server,
     let training go on, start the server again on the same port and store."""
@@ -128,7 +118,7 @@ class Outage(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, s3_data, wiki_shards, ray_local):
+def chain(tmp_path_factory, wiki_shards_s3, wiki_shards, ray_local):
     """Runs A, B, C (see the module docstring), each `bertpipe pretrain` in its own process
     connected to the session's Ray, with the credentials in its environment only; what each
     printed and left behind."""
@@ -139,7 +129,7 @@ def chain(tmp_path_factory, s3_data, wiki_shards, ray_local):
     port = free_port()
     server = [start_mlflow(work / "mlflow", port=port, timeout=120)[0]]
     storage, run_dir = fs / "ckpt", fs / "ckpt" / RUN
-    base = ["--preset", "bert-tiny-cpu", "--data", s3_data, "--run-name", RUN,
+    base = ["--preset", "bert-tiny-cpu", "--data", wiki_shards_s3, "--run-name", RUN,
             "--storage-path", str(storage), "--tracking-uri", f"http://127.0.0.1:{port}",
             "--experiment", "faults", "--max-steps", str(STEPS), "--batch-size", "32",
             "--warmup-steps", "4", "--learning-rate", "2e-3", "--log-every", "1",

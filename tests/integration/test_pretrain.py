@@ -49,17 +49,6 @@ def history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def s3_shards(wiki_shards, s3_server):
-    """The same shards in a bucket of the moto S3 server."""
-    import boto3
-    s3 = boto3.client("s3", endpoint_url=s3_server)
-    s3.create_bucket(Bucket="pretrain-data")
-    for f in Path(wiki_shards).iterdir():
-        s3.upload_file(str(f), "pretrain-data", f"wiki128/{f.name}")
-    return "s3://pretrain-data/wiki128"
-
-
-@pytest.fixture(scope="module")
 def dynamic_shards(workdir, wiki_jsonl, wiki_shards):
     """400 Wikipedia sections prepared with dynamic masking (the fixture's vocab): small
     enough that 40 steps run through about three epochs, each with its own masks."""
@@ -75,7 +64,7 @@ def dynamic_shards(workdir, wiki_jsonl, wiki_shards):
 
 
 @pytest.fixture(scope="module")
-def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_server):
+def runs(workdir, wiki_shards, wiki_shards_s3, dynamic_shards, ray_local, mlflow_server):
     """The module's runs, each trained once and shared by the tests that read it. Ray Train
     costs ~20 s per run on 2 cores, so tests read runs rather than start their own."""
     cache: dict[str, dict] = {}
@@ -86,7 +75,7 @@ def runs(workdir, wiki_shards, s3_shards, dynamic_shards, ray_local, mlflow_serv
         # the fully tracked run: a real MLflow server, evaluation, registration, keep 1,
         # packed batches (train and eval), system metrics every second; workers read the
         # shards from S3 (credentials reach them through the runtime env)
-        "zero3": dict(zero_stage=3, data=s3_shards, tracking_uri=mlflow_server, eval_every=20,
+        "zero3": dict(zero_stage=3, data=wiki_shards_s3, tracking_uri=mlflow_server, eval_every=20,
                       keep_checkpoints=1, register_as="bertpipe-tiny", model_alias="phase1",
                       packing=True, system_metrics_every=1.0),
         # killed after step 25, in a later epoch of dynamic masks, and restarted by Ray
