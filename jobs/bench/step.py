@@ -113,7 +113,8 @@ def sync(device) -> None:
 
 
 def plain_step(engine: TorchEngine, inputs: dict):
-    """forward + backward (+ the optimizer) through a TorchEngine: no host sync inside."""
+    """forward + backward (+ the optimizer) through an engine's three calls (a TorchEngine,
+    or a DeepSpeed engine, which has the same): no host sync inside."""
     def step():
         loss = engine(**inputs).loss
         engine.backward(loss)
@@ -142,13 +143,7 @@ def deepspeed_step(model, inputs, b: StepBenchConfig):
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     inputs = {k: v.to(engine.device) if isinstance(v, torch.Tensor) else v
               for k, v in inputs.items()}
-
-    def step():
-        loss = engine(**inputs).loss
-        engine.backward(loss)
-        engine.step()
-        return loss
-    return step
+    return plain_step(engine, inputs)
 
 
 def time_interleaved(steps: dict, n: int, warmup: int, device):
