@@ -22,6 +22,7 @@ from pathlib import Path
 
 from jobs.config import apply_set, from_dict, values_for
 from jobs.pretrain.config import PretrainConfig
+from jobs.train.paths import scratch_dir
 
 
 def log(msg: str) -> None:
@@ -128,15 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-job", action="store_true", help="only the bare step and the loader")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pretrain config value (repeatable)")
-    p.add_argument("--storage-path", default=None, help="Ray storage of the job (default: a temp dir)")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray storage of the job (default: a temp dir removed at exit)")
     args = p.parse_args(argv)
-
-    import tempfile
 
     values = values_for("pretrain", {"preset": args.preset})
     for item in args.overrides:
         apply_set(values, item)
-    work = Path(args.storage_path or tempfile.mkdtemp(prefix="bertpipe-bench-"))
+    work = Path(args.storage_path or scratch_dir("bench-"))
     values.update(data=str(args.data or default_data()), max_steps=args.max_steps,
                   log_every=max(1, args.max_steps // 4), eval_every=0, eval_shards=1,
                   checkpoint_every=args.max_steps, run_name=f"bench-{int(time.time())}",

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from jobs.train.paths import scratch_dir
 
 TRAINER_STATE = "trainer_state.json"
 DS_TAG = "deepspeed"  # one DeepSpeed tag per Ray checkpoint folder; the folder names the step
@@ -151,7 +152,7 @@ def save(engine, zero_stage: int, state: TrainerState, metrics: dict, rank: int,
     import ray.train
 
     import model.hf
-    folder = Path(tempfile.mkdtemp(prefix=f"bertpipe-ckpt-r{rank}-"))
+    folder = scratch_dir(f"ckpt-r{rank}-")  # removed below; by the next run if killed
     try:
         engine.save_checkpoint(str(folder), tag=DS_TAG)
         weights = export_state_dict(engine, zero_stage)

@@ -12,8 +12,11 @@ driver's `check_job` for callers that build configs in Python. Never checks that
 exists (the jobs do, with errors that name the flag).
 
 `scratch_dir(prefix)`: a new local folder for what a process downloads or stages (a model from
-MLflow or object storage, a fine-tune's best epoch in local mode), under one temp folder per
-process that is removed when the process exits.
+MLflow or object storage, a fine-tune's best epoch in local mode, a checkpoint on its way to
+storage), under one temp folder per process that is removed when the process exits. A process
+that is killed (SIGKILL, a lost node, Ray stopping its workers) runs no exit handler: the next
+process on the node to make its scratch folder removes the roots of this host's processes
+that are no longer running.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import dataclasses
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -76,6 +80,7 @@ def absolute_paths(cfg):
 
 
 _scratch_root: list[Path] = []
+_OWNER = "owner"
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -83,7 +88,38 @@ def scratch_dir(prefix: str) -> Path:
     with everything in it when the process exits: a model downloaded for one run, or a staged
     best epoch, is not left in /tmp after the job (they were: 11 GB after a day of tests)."""
     if not _scratch_root:
+        sweep_scratch()
         root = Path(tempfile.mkdtemp(prefix=f"bertpipe-{os.getpid()}-"))
+        (root / _OWNER).write_text(socket.gethostname())
         atexit.register(shutil.rmtree, root, True)
         _scratch_root.append(root)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_root[0]))
+
+
+def sweep_scratch() -> list[Path]:
+    """Remove the scratch roots of processes on this host that exited without removing their
+    own (killed ones); returns them. A root is kept unless its `owner` file names this host
+    (a temp folder shared with other machines or containers) and no process has its PID; a
+    reused PID keeps a dead process's root until that process ends too."""
+    gone = []
+    host = socket.gethostname()
+    for root in Path(tempfile.gettempdir()).glob("bertpipe-*-*"):
+        pid = root.name.split("-")[1]
+        try:
+            if not pid.isdigit() or (root / _OWNER).read_text() != host or _running(int(pid)):
+                continue
+        except OSError:  # not a scratch root, or one being made or removed right now
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        gone.append(root)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

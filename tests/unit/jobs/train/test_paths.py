@@ -98,3 +98,35 @@ def test_scratch_folders_share_one_root_per_process_and_go_when_it_exits(tmp_pat
     assert a.name.startswith("model-") and a.parent.name.startswith("bertpipe-")
     assert not a.parent.exists()          # removed, with the file in it, at exit
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_processs_scratch_root_is_removed_by_the_next_one_a_live_ones_is_kept(
+        tmp_path):
+    """SIGKILL skips exit handlers (a worker Ray stops, a lost node): what the dead process
+    staged is removed when another process on the host makes its scratch folder; the root of
+    a process still running, and one another host made in a shared temp folder, stay."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    repo = Path(__file__).resolve().parents[4]
+    stage = ("import sys, time; from jobs.train.paths import scratch_dir\n"
+             "d = scratch_dir('ckpt-r1-'); (d / 'part').write_bytes(b'x' * 1000)\n"
+             "print(d, flush=True); time.sleep(600)\n")
+
+    def staging() -> tuple[subprocess.Popen, Path]:
+        p = subprocess.Popen([sys.executable, "-c", stage], env=env, cwd=repo, text=True,
+                             stdout=subprocess.PIPE)
+        return p, Path(p.stdout.readline().strip())
+    (killed, dead), (alive, live) = staging(), staging()
+    try:
+        killed.kill()
+        killed.wait(timeout=30)
+        elsewhere = tmp_path / f"bertpipe-{killed.pid}-abc"   # same PID, another host
+        elsewhere.mkdir()
+        (elsewhere / "owner").write_text("another-host")
+        assert (dead / "part").exists()                        # no exit handler ran
+        subprocess.run([sys.executable, "-c", "from jobs.train.paths import scratch_dir\n"
+                        "scratch_dir('model-')"], env=env, cwd=repo, check=True)
+        assert not dead.parent.exists()
+        assert (live / "part").exists() and elsewhere.exists()
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
