@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,16 +20,36 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+_given: set[int] = set()
+
 
 def free_port(low: int = 0) -> int:
-    """A free TCP port on 127.0.0.1, at least `low` (e.g. outside Ray's worker port range)."""
-    for _ in range(200):
+    """A free TCP port on 127.0.0.1. With `low` (e.g. above Ray's worker port range), one from
+    `low` up to the kernel's ephemeral range, picked at random and never the same twice in this
+    process: the port is bound later by another process, and an ephemeral port (what binding
+    port 0 gives) can meanwhile be taken by any outgoing connection on the machine (a second
+    Ray instance took a cluster's GCS port that way)."""
+    if not low:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= low:
-            return port
-    raise RuntimeError("no free port found")
+            return s.getsockname()[1]
+    try:
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        top = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, max(top, low + 1000))
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port found from {low}")
 
 
 def wait_http(url: str, timeout: float, what: str,
