@@ -94,7 +94,7 @@ def _start_worker(info: dict, cpus: int, env: dict[str, str]) -> int:
                     if not Path(d).exists())
     subprocess.run([_ray_bin(), "start", f"--address={info['ray_address']}",
                     "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                    f"--dashboard-agent-listen-port={free_port(20000)}",
+                    f"--dashboard-agent-listen-port={free_port()}",
                     f"--temp-dir={node_dir}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     new = [pid for pid in _raylets(info) if pid not in before]
@@ -105,7 +105,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     # Ray's sockets live under its temp dir and AF_UNIX paths stop at 107 bytes: keep it short
     temp_dir = Path(tempfile.gettempdir()) / \
         f"bertpipe-ray-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-    gcs, dash, client = free_port(20000), free_port(20000), free_port(20000)
+    gcs, dash, client = free_port(), free_port(), free_port()
     (folder / "cluster.json").write_text(json.dumps({"temp_dir": str(temp_dir), "nodes": 0}))
     env = _ray_env()
     if env["RAY_AUTH_MODE"] == "token":
@@ -114,7 +114,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1",
                     f"--port={gcs}", f"--num-cpus={head_cpus}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-                    f"--dashboard-agent-listen-port={free_port(20000)}",
+                    f"--dashboard-agent-listen-port={free_port()}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     info = {"ray_address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}",
@@ -126,7 +126,7 @@ def _start(folder: Path, head_cpus: int, workers: int, worker_cpus: int, mlflow:
     wait_http(f"{info['dashboard']}/api/version", 180, "the Ray dashboard")
     if mlflow:
         (folder / "cluster.json").write_text(json.dumps(info, indent=2))
-        proc, uri = start_mlflow(folder / "mlflow", port=free_port(20000), timeout=180)
+        proc, uri = start_mlflow(folder / "mlflow", port=free_port(), timeout=180)
         info.update(mlflow=uri, mlflow_pid=proc.pid)
     info["listening"] = listeners(info)
     (folder / "cluster.json").write_text(json.dumps(info, indent=2))

@@ -23,16 +23,16 @@ from pathlib import Path
 _given: set[int] = set()
 
 
-def free_port(low: int = 0) -> int:
-    """A free TCP port on 127.0.0.1. With `low` (e.g. above Ray's worker port range), one from
+# above Ray's default worker ports (10002-19999)
+PORTS_FROM = 20000
+
+
+def free_port(low: int = PORTS_FROM) -> int:
+    """A free TCP port on 127.0.0.1 for a server that another process starts next: one from
     `low` up to the kernel's ephemeral range, picked at random and never the same twice in this
-    process: the port is bound later by another process, and an ephemeral port (what binding
-    port 0 gives) can meanwhile be taken by any outgoing connection on the machine (a second
-    Ray instance took a cluster's GCS port that way)."""
-    if not low:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    process. Not port 0's answer: an ephemeral port can be taken by any outgoing connection on
+    the machine before the server binds it (a second Ray instance took a cluster's GCS port that
+    way)."""
     try:
         top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -23,7 +23,7 @@ import model.hf
 from model import BertConfig, BertForPreTraining
 from tests.helpers import job
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.beside, pytest.mark.timeout(600)]
 
 
 def run_cli(name: str, capsys, args: list[str]) -> dict:
@@ -47,7 +47,7 @@ def topics(wiki_jsonl, tmp_path_factory) -> dict[str, str]:
 
 
 def test_a_scratch_baseline_with_two_seeds_reports_the_paired_gain_and_sibling_runs(
-        topics, minilm_dir, mlflow_server, ray_local, capsys, tmp_path):
+        topics, minilm_dir, mlflow_server, capsys, tmp_path):
     from mlflow import MlflowClient
     c = MlflowClient(mlflow_server)
     exp = c.get_experiment_by_name("baseline-test") or c.get_experiment(

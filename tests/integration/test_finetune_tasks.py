@@ -81,6 +81,7 @@ def squad_rows(rng: random.Random, n: int, names: list[str], prefix: str) -> lis
     return rows
 
 
+@pytest.mark.beside
 def test_question_answering_with_windows_and_unanswerables_learns_past_chance(
         tmp_path, capsys, minilm_dir, sqlite_tracking):
     rng = random.Random(0)
@@ -170,6 +171,7 @@ def ner_sentences(rng: random.Random, n: int, names: list[str]) -> list[dict]:
     return rows
 
 
+@pytest.mark.beside
 def test_token_classification_on_conll_learns_entities(tmp_path, capsys, minilm_dir,
                                                        sqlite_tracking):
     rng = random.Random(2)

@@ -18,7 +18,7 @@ from tests.helpers import job
 
 evaluate, finetune = job("evaluate"), job("finetune")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.beside, pytest.mark.timeout(600)]
 
 PERSONS = ["李明", "王文", "張光", "陳志", "楊春", "劉英", "高美", "林秀", "金正", "宮本"]
 PLACES = ["北京", "東京", "南京", "上海", "福岡", "石川", "長野", "神戸", "香川", "山口"]

@@ -9,7 +9,7 @@ import pytest
 from jobs.tracking import MetricLogger, Tracker, client, get_or_create_run
 from tests.helpers import lean_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.beside, pytest.mark.timeout(300)]
 
 
 def test_the_same_run_name_finds_the_same_run_never_a_duplicate(mlflow_server):
