@@ -13,12 +13,12 @@ Rerunning it skips the stages already done.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from jobs.assets import fetch, wiki_jsonl, wiki_topics
 from jobs.workflow import load, run, ui_hint
+from pipeline.storage import write_file_atomic
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 WORKFLOW = WORKFLOWS / "demo.yaml"
@@ -26,10 +26,9 @@ DATA = Path("demo-output") / "data"
 
 
 def _copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` whole or not at all (a temp name of this process's own)."""
     if not dest.exists():
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dest)
+        write_file_atomic(str(dest), src.read_bytes())
 
 
 def english_data() -> Path:
