@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from jobs.config import ConfigError
 from model.packing import cu_seqlens_from_position_ids
@@ -75,11 +76,9 @@ def sequences(lengths: list[int], vocab_size: int, max_predictions: int, seed: i
     return out
 
 
-def _pad(rows: list[torch.Tensor], width: int, fill: int) -> torch.Tensor:
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
+def _pad(rows: list[torch.Tensor], fill: int) -> torch.Tensor:
+    """Rows padded with `fill` to the longest."""
+    return pad_sequence(rows, batch_first=True, padding_value=fill)
 
 
 def layout(seqs: list, packed: bool, seq_len: int) -> dict:
@@ -99,19 +98,16 @@ def layout(seqs: list, packed: bool, seq_len: int) -> dict:
             offset += len(ids)
         for k in cols:
             cols[k].append(torch.cat(parts[k]))
-    T = max(len(r) for r in cols["ids"])
-    P = max(len(r) for r in cols["mlm_pos"])
-    batch = dict(input_ids=_pad(cols["ids"], T, 0),
-                 attention_mask=_pad([torch.ones_like(r) for r in cols["ids"]], T, 0),
-                 token_type_ids=_pad(cols["types"], T, 0),
-                 masked_lm_positions=_pad(cols["mlm_pos"], P, 0),
-                 masked_lm_ids=_pad(cols["mlm_ids"], P, -100))
+    batch = dict(input_ids=_pad(cols["ids"], 0),
+                 attention_mask=_pad([torch.ones_like(r) for r in cols["ids"]], 0),
+                 token_type_ids=_pad(cols["types"], 0),
+                 masked_lm_positions=_pad(cols["mlm_pos"], 0),
+                 masked_lm_ids=_pad(cols["mlm_ids"], -100))
     if not packed:
         batch["next_sentence_label"] = torch.cat(cols["nsp"])
         return batch
-    S = max(len(r) for r in cols["cls"])
-    batch.update(position_ids=_pad(cols["pos"], T, 0), cls_positions=_pad(cols["cls"], S, -1),
-                 next_sentence_label=_pad(cols["nsp"], S, -100))
+    batch.update(position_ids=_pad(cols["pos"], 0), cls_positions=_pad(cols["cls"], -1),
+                 next_sentence_label=_pad(cols["nsp"], -100))
     batch["cu_seqlens"], batch["max_seqlen"] = cu_seqlens_from_position_ids(
         batch["position_ids"], batch["attention_mask"])
     return batch
