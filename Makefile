@@ -5,10 +5,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bertpipe-installed
 # DeepSpeed caches its compiled ops in .venv/torch_extensions (jobs/train/runtime.py)
 export RAY_USAGE_STATS_ENABLED := 0
-# Python writes the bytecode of what it imports (its default), even where the shell sets
-# PYTHONDONTWRITEBYTECODE: without it every process, each Ray worker included, compiles
-# torch, Ray and DeepSpeed from source again (28.9 s instead of 11.7 s to import the stack).
-export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup browser demo demo-zh lint test clean
 
@@ -18,10 +14,15 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	# CPU torch first, or deepspeed pulls a CUDA build of its own. No bytecode here: pip
-	# compiles all 24k files of the venv one at a time (2 of setup's 3 minutes), while the
-	# jobs and tests import about a quarter of them, compiled on first import (below).
+	# compiles all 24k files of the venv one at a time (2 of setup's 3 minutes), and the jobs
+	# import about a quarter of them. Instead the venv's Python writes the bytecode of what it
+	# imports, even where PYTHONDONTWRITEBYTECODE is set (many containers set it): else every
+	# process, each Ray worker included, compiles torch, Ray and DeepSpeed from source again
+	# (28.9 s instead of 11.7 s to import the stack here).
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
+	echo "import sys; sys.dont_write_bytecode = False" > \
+	  "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bertpipe-bytecode.pth"
 	touch $(STAMP)
 
 demo: setup
