@@ -20,11 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-_given: set[int] = set()
-
-
-# above Ray's default worker ports (10002-19999)
-PORTS_FROM = 20000
+PORTS_FROM = 20000  # above Ray's default worker ports (10002-19999)
+_given: set[int] = set()  # ports free_port handed out in this process
 
 
 def free_port(low: int = PORTS_FROM) -> int:
