@@ -41,15 +41,16 @@ browser:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# With no PYTEST_ARGS two pytest processes share the two cores: most integration tests, and
-# beside them (niced, its report printed after) tests/unit and then the integration tests
-# marked `beside`. Each process that needs Ray starts its own local instance (random ports;
-# the second's dashboard agent finds Ray's fixed HTTP port taken and runs without it, which
-# no test uses). Ray's jobs leave part of the cores idle while their processes start and wait;
-# the second process fills that. Either failing fails `make test`.
+# With no PYTEST_ARGS two pytest processes share the two cores: the integration tests that
+# start Ray, and beside them (niced, its report printed after) tests/unit and then the
+# integration tests marked `beside` (they start no Ray: two Ray instances on one machine race
+# for ports, so that process refuses ray.init). The Ray tests leave part of the cores idle
+# while their processes start and wait; the second process fills that. Either failing fails
+# `make test`.
 test: setup browser lint
 ifeq ($(strip $(PYTEST_ARGS)),)
-	@{ nice -n 10 $(PY) -m pytest tests/unit -o cache_dir=.pytest_cache/unit; unit=$$?; \
+	@{ export BERTPIPE_TESTS_BESIDE=1; \
+	   nice -n 10 $(PY) -m pytest tests/unit -o cache_dir=.pytest_cache/unit; unit=$$?; \
 	   nice -n 10 $(PY) -m pytest tests/integration -m beside -o cache_dir=.pytest_cache/beside; \
 	   beside=$$?; test $$unit = 0 && test $$beside = 0; } > .pytest-beside.log 2>&1 & \
 	pid=$$!; $(PY) -m pytest tests/integration -m "not beside"; main=$$?; \

@@ -16,6 +16,26 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_beside():
+    """In `make test`'s second process (BERTPIPE_TESTS_BESIDE=1: the unit tests and the
+    integration tests marked `beside`) starting Ray is an error: two Ray instances on one
+    machine race for ports (one took a port the other had picked)."""
+    if not os.environ.get("BERTPIPE_TESTS_BESIDE"):
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray but runs beside the integration suite: "
+                           "remove its `beside` mark (pytest.mark.beside)")
+    init, ray.init = ray.init, refuse
+    try:
+        yield
+    finally:
+        ray.init = init
+
+
 @pytest.fixture(scope="session")
 def minilm_dir():
     """A real 6-layer BERT in HF format (config.json, model.safetensors, vocab.txt)."""

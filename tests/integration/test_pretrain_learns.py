@@ -25,7 +25,7 @@ from jobs.pretrain.driver import run
 from pipeline.dataset import open_dataset, split_holdout
 from pipeline.stats import unigram_baseline
 
-pytestmark = [pytest.mark.slow, pytest.mark.beside, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 STEPS = 240
 RATIO = 1.5  # held-out accuracy >= RATIO x the unigram top-1 (the old preset: 1.03x at 150)
