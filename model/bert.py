@@ -192,6 +192,16 @@ class BertPreTrainedModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights count once
 
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout p on hidden states and attention probabilities (Cramming trains
+        without: 0.0). The config keeps its own rates: a saved model says BERT's dropout,
+        which is what fine-tuning it should use."""
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+            elif isinstance(m, BertSelfAttention):
+                m.dropout_p = p
+
 
 class BertModel(BertPreTrainedModel):
     """The bare encoder: `last_hidden_state` (B, T, H) and `pooler_output` (B, H).

@@ -69,7 +69,7 @@ def bare_step(cfg: PretrainConfig, batches: int = 30, warmup: int = 5) -> dict:
     stream = loader.iterate()
     collated = [next(stream) for _ in range(batches + warmup)]
     data = [b.model_inputs(device) for b in collated]
-    model = build_model(model_config(cfg, ds, None), None, cfg.seed).to(device).train()
+    model = build_model(model_config(cfg, ds, None), None, cfg.seed, cfg.dropout).to(device).train()
     opt = build_optimizer(model, cfg, gpu)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.resolved_precision(gpu))
     samples = 0

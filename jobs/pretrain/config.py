@@ -53,6 +53,10 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """A DeepSpeed JSON (e.g. infra/deepspeed/*.json) merged over the generated config for
     tuning knobs (buckets, overlap); batch, optimizer and precision keys stay ours"""
 
+    dropout: float | None = None
+    """Dropout on hidden states and attention probabilities while pretraining (None: the
+    architecture's, BERT's 0.1; Cramming pretrains with 0.0). The saved model's config keeps
+    the architecture's rates, for fine-tuning"""
     seed: int = 42
     """Seed of initialization, data order and dropout"""
     pad_to_multiple_of: int = 1
@@ -130,6 +134,8 @@ class PretrainConfig(ComputeConfig, OptimConfig, TrackingConfig):
                      "system_metrics_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)})")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("offload_optimizer needs zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:

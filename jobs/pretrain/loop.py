@@ -141,7 +141,8 @@ class Worker:
                 cfg.init_from, loop_config["tracking_uri"], flag="--init-from",
                 need_vocab=False).hf_dir
         self.model_cfg = model_config(cfg, ds, init_dir)
-        self.engine, self.schedule = self._deepspeed(build_model(self.model_cfg, init_dir, cfg.seed))
+        net = build_model(self.model_cfg, init_dir, cfg.seed, cfg.dropout)
+        self.engine, self.schedule = self._deepspeed(net)
         self.vocab = load_vocab(ds.vocab_file)
         self.loader = PretrainLoader(ds, train_shards, cfg.micro_batch(), rank=self.rank,
                                      world_size=self.world, seed=cfg.seed,

@@ -47,8 +47,10 @@ def model_config(cfg: PretrainConfig, ds: Dataset, init_dir: Path | None) -> Ber
     return model_cfg
 
 
-def build_model(model_cfg: BertConfig, init_dir: Path | None, seed: int) -> BertForPreTraining:
-    """The same initial weights on every rank: seeded init, then the source's weights."""
+def build_model(model_cfg: BertConfig, init_dir: Path | None, seed: int,
+                dropout: float | None = None) -> BertForPreTraining:
+    """The same initial weights on every rank: seeded init, then the source's weights.
+    `dropout`: the training-time rate (`PretrainConfig.dropout`; None: the config's)."""
     import torch
 
     import model.hf
@@ -56,6 +58,8 @@ def build_model(model_cfg: BertConfig, init_dir: Path | None, seed: int) -> Bert
     m = BertForPreTraining(model_cfg)
     if init_dir is not None:
         model.hf.copy_state(m, model.hf.read_weights(init_dir), origin=str(init_dir))
+    if dropout is not None:
+        m.set_dropout(dropout)
     return m
 
 

@@ -37,7 +37,9 @@ def pretrain(workdir: Path, data: Path | str, run_name: str, **overrides) -> dic
               "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "max_steps": STEPS,
               "batch_size": 32, "warmup_steps": 8, "learning_rate": 2e-3, "log_every": 1,
               "eval_every": 0,
-              "eval_samples": 256, "checkpoint_every": 20, "zero_stage": 2, **overrides}
+              "eval_samples": 256, "checkpoint_every": 20, "zero_stage": 2,
+              "dropout": 0.1,  # not the preset's 0: a restart must replay the dropout masks too
+              **overrides}
     return run(PretrainConfig(**values))
 
 

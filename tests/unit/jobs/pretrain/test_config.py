@@ -54,6 +54,7 @@ def test_a_batch_the_workers_cannot_split_is_a_one_line_error():
     ({"data": ""}, "no data given"),
     ({"run_name": "a b"}, "run_name"),
     ({"model_alias": "Latest"}, "MLflow reserves 'latest'"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
 ])
 def test_inconsistent_options_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -108,3 +109,25 @@ def test_test_knobs_are_hidden_from_help():
     text = build_parser("pretrain").format_help()
     assert "--fail-at-step" not in text and "--grad-clip" not in text
     assert build_parser("pretrain").parse_args(["--fail-at-step", "3"]).fail_at_step == 3
+
+
+def test_pretraining_dropout_is_a_training_rate_and_the_saved_config_keeps_berts(tmp_path):
+    import json
+
+    import torch
+
+    import model.hf
+    from jobs.pretrain.model import build_model
+    ds = open_dataset(str(write_dataset(tmp_path / "d")))
+    cfg = PretrainConfig(data="d", model="bert-tiny", dropout=0.0)
+    mc = model_config(cfg, ds, None)
+    ids = torch.randint(5, mc.vocab_size, (2, 16))
+    plain, dropless = build_model(mc, None, seed=1), build_model(mc, None, seed=1, dropout=0.0)
+    assert torch.equal(plain.state_dict()["bert.embeddings.word_embeddings.weight"],
+                       dropless.state_dict()["bert.embeddings.word_embeddings.weight"])
+    train = dropless.train()(input_ids=ids).prediction_logits
+    assert torch.equal(train, dropless.eval()(input_ids=ids).prediction_logits)  # no dropout
+    assert not torch.equal(plain.train()(input_ids=ids).prediction_logits, train)  # BERT's 0.1
+    model.hf.save(dropless, tmp_path / "hf")
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.1
