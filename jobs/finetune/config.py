@@ -39,7 +39,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     train: str = ""
     """Training data: JSONL, CSV/TSV, Parquet, SQuAD JSON or CoNLL; local or s3://"""
     validation: str = ""
-    """Dev data (same formats): evaluated every epoch, picks the best checkpoint and trial"""
+    """Dev data (same formats): evaluated every eval_every epochs, picks the best checkpoint
+    and trial"""
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "squad", "conll"] = "auto"
     """Data format (auto: from the file name)"""
     text_column: str | None = None
@@ -87,6 +88,10 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Global batch in examples per optimizer step (all workers)"""
     eval_batch_size: int = 64
     """Examples per forward pass in evaluation, per worker"""
+    eval_every: int = 1
+    """Epochs between dev evaluations, and after the last epoch; the best checkpoint is the
+    best evaluated epoch (with few training examples the dev passes can cost more than
+    training)"""
     seed: int = 42
     """Seed of the head's initialization, data order and dropout (the first of --seeds)"""
     seeds: int = 1
@@ -166,7 +171,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
             if not getattr(self, name):
                 raise ConfigError(f"no {name} given: pass --{name} "
                                   + ("URI_OR_DIR" if name == "model" else "FILE"))
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_length", "doc_stride",
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "max_seq_length",
+                     "doc_stride",
                      "max_query_length", "max_answer_length", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")

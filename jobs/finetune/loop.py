@@ -193,6 +193,8 @@ def train_loop(loop_config: dict) -> dict | None:
                     loss_sum.zero_()
                     loss_count = 0
 
+            if epoch % cfg.eval_every and epoch != trial["epochs"]:
+                continue  # dev is evaluated every eval_every epochs and after the last one
             raw = infer(inner, spec, dev, dev_slice, cfg.eval_batch_size, device, autocast)
             parts = _gather(raw, world)
             report: dict = {"epoch": epoch, "step": step}

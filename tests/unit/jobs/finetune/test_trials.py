@@ -1,21 +1,23 @@
-"""A trial that fails (an OOM stand-in) does not end a search run in this process (Ray
-Train's local mode raises the loop's own error): the others finish and the best is kept.
-(MLflow is left unreachable here, which costs nothing: the integration test checks the
-trial's FAILED run on a real server.)"""
+"""Fine-tuning in this process (`--num-workers 0`, Ray Train's local mode) on a tiny model:
+a trial that fails (an OOM stand-in) does not end a search (local mode raises the loop's own
+error): the others finish and the best is kept; `--eval-every` evaluates dev only every N
+epochs and after the last. (MLflow is left unreachable here, which costs nothing: the
+integration test checks the trial's FAILED run on a real server.)"""
 from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
 from tests.helpers import free_port, job
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_failing_trial_in_local_mode_leaves_the_search_to_the_others(tmp_path, wiki_jsonl,
-                                                                       capsys):
+@pytest.fixture
+def tiny_task(tmp_path, wiki_jsonl) -> list[str]:
+    """A random bert-tiny over a small word vocab and 64 / 32 topic examples: the arguments
+    of a classification fine-tune."""
     import model.hf
     from model import BertConfig, BertForPreTraining
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
@@ -29,16 +31,33 @@ def test_a_failing_trial_in_local_mode_leaves_the_search_to_the_others(tmp_path,
     random.Random(0).shuffle(rows)
     for name, part in (("train", rows[:64]), ("dev", rows[64:96])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return ["--task", "classification", "--model", str(hf), "--train",
+            str(tmp_path / "train.jsonl"), "--validation", str(tmp_path / "dev.jsonl"),
+            "--label-column", "topic", "--max-seq-length", "32", "--batch-size", "16",
+            "--num-workers", "0", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+            "--storage-path", str(tmp_path / "ray")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failing_trial_in_local_mode_leaves_the_search_to_the_others(tiny_task, capsys):
     code = job("finetune")([
-        "--task", "classification", "--model", str(hf), "--train", str(tmp_path / "train.jsonl"),
-        "--validation", str(tmp_path / "dev.jsonl"), "--label-column", "topic",
-        "--max-seq-length", "32", "--batch-size", "16", "--epochs", "1", "--search", "grid",
-        "--search-learning-rates", "1e-3", "3e-4", "--fail-trial-learning-rate", "3e-4",
-        "--num-workers", "0", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
-        "--storage-path", str(tmp_path / "ray")])
+        *tiny_task, "--epochs", "1", "--search", "grid",
+        "--search-learning-rates", "1e-3", "3e-4", "--fail-trial-learning-rate", "3e-4"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     summary = json.loads(out[-1])
     (failed,) = [t for t in summary["trials"] if "error" in t]
     assert failed["learning_rate"] == 3e-4 and "OutOfMemoryError" in failed["error"]
     assert summary["best_trial"]["learning_rate"] == 1e-3 and summary["best_trial"]["dev_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_eval_every_evaluates_dev_every_n_epochs_and_after_the_last(tiny_task, capsys):
+    assert job("finetune")([*tiny_task, "--epochs", "5", "--eval-every", "2"]) == 0
+    captured = capsys.readouterr()
+    evaluated = [int(e) for e in re.findall(r"epoch (\d+) dev accuracy", captured.out)]
+    assert evaluated == [2, 4, 5]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["best_trial"]["best_epoch"] in evaluated
