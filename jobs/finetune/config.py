@@ -172,8 +172,7 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
                 raise ConfigError(f"no {name} given: pass --{name} "
                                   + ("URI_OR_DIR" if name == "model" else "FILE"))
         for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "max_seq_length",
-                     "doc_stride",
-                     "max_query_length", "max_answer_length", "log_every"):
+                     "doc_stride", "max_query_length", "max_answer_length", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.task == "question-answering" and self.max_seq_length <= self.max_query_length + 3:

@@ -6,7 +6,8 @@ returns raw per-feature outputs: logits, token predictions, or QA's best spans
 its own slice of the dev set. `score` turns the raw outputs of all features into one
 prediction per example and the task's metrics (`jobs.finetune.metrics`); for SQuAD 2.0 it also
 picks the no-answer threshold on this data (`tune_threshold`) or applies the model's.
-The fine-tune loop (dev every `eval_every` epochs) and `bertpipe evaluate` both use these two functions.
+The fine-tune loop (dev every `eval_every` epochs) and `bertpipe evaluate` both use these two
+functions.
 Never starts Ray or MLflow.
 """
 from __future__ import annotations
