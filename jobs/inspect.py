@@ -103,7 +103,7 @@ def inspect(output: str, epoch: int = 0, show: int = 3, batch_size: int = 32,
     """Print `show` decoded instances and the statistics (to `out`, default stdout); returns
     the statistics."""
     out = out or sys.stdout
-    ds = open_dataset(output)
+    ds = open_dataset(output, "OUTPUT")
     vocab_list = load_vocab(ds.vocab_file)
     vocab = VocabInfo.from_vocab(vocab_list)
     masker = masker_for(ds)

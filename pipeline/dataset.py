@@ -74,16 +74,17 @@ class Dataset:
         return join(self.path, self.manifest.vocab.file)
 
 
-def open_dataset(path: str) -> Dataset:
-    """Read `manifest.json` of a `prepare` output (local or s3://); a one-line error if unfit."""
+def open_dataset(path: str, option: str = "--data") -> Dataset:
+    """Read `manifest.json` of a `prepare` output (local or s3://); a one-line error if unfit,
+    naming the path as `option` (how the user gave it: `--data`, or inspect's `OUTPUT`)."""
     path = str(path).rstrip("/") if "://" in str(path) else str(path)
     manifest_path = join(path, "manifest.json")
     try:
         found = exists(manifest_path)
     except OSError as e:
-        raise InputError(f"--data {path}: cannot read it ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{option} {path}: cannot read it ({str(e).splitlines()[0]})") from None
     if not found:
-        raise InputError(f"--data {path}: no manifest.json there; pass the output directory of "
+        raise InputError(f"{option} {path}: no manifest.json there; pass the output directory of "
                          "`bertpipe prepare` (an output without a manifest is incomplete)")
     try:
         text = read_text(manifest_path)

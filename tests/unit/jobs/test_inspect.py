@@ -112,3 +112,5 @@ def test_inspect_names_a_missing_output_in_one_line(tmp_path, capsys):
     assert inspect([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no manifest.json" in err[0]
+    # named as the user gave it: the positional OUTPUT, not pretrain's --data
+    assert f"OUTPUT {tmp_path / 'nope'}:" in err[0] and "--data" not in err[0]
