@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
 import sys
 import textwrap
@@ -186,8 +187,11 @@ def from_dict(cls, values: dict, origin: str = "config"):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"{origin}: unknown key '{unknown[0]}' for {cls.__name__} "
-                          f"(known keys: {', '.join(sorted(names))})")
+        shown = sorted(f.name for f in dataclasses.fields(cls) if not f.metadata.get("hidden"))
+        close = difflib.get_close_matches(unknown[0], shown, n=1, cutoff=0.75)
+        guess = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{origin}: unknown key '{unknown[0]}' for {cls.__name__}{guess} "
+                          f"(known keys: {', '.join(shown)})")
     kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
     try:
         return cls(**kwargs)

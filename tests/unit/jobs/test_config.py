@@ -51,6 +51,18 @@ def test_unknown_key_is_a_one_line_error_naming_it(tmp_path):
         _resolve(["--config", str(y)])
 
 
+def test_an_unknown_key_suggests_the_close_one_and_lists_no_test_knobs():
+    from jobs.pretrain.config import PretrainConfig
+    with pytest.raises(ConfigError) as e:
+        _resolve(["--set", "max_step=3"], PretrainConfig)
+    msg = str(e.value)
+    assert "unknown key 'max_step' for PretrainConfig; did you mean 'max_steps'?" in msg
+    assert "learning_rate" in msg and "fail_at_step" not in msg   # hidden() test knobs
+    with pytest.raises(ConfigError) as e:
+        _resolve(["--set", "zzz=3"])
+    assert "did you mean" not in str(e.value)
+
+
 def test_bad_values_name_the_key():
     with pytest.raises(ConfigError, match="'steps'.*'many'"):
         _resolve(["--set", "steps=many"])
