@@ -92,6 +92,10 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     """Epochs between dev evaluations, and after the last epoch; the best checkpoint is the
     best evaluated epoch (with few training examples the dev passes can cost more than
     training)"""
+    reinit_layers: int = 0
+    """Re-initialize the pooler and the top N encoder layers of the pretrained model before
+    fine-tuning (Zhang et al. 2021, few-sample fine-tuning: the top layers specialise to the
+    pretraining task); 0 keeps every pretrained weight. The scratch baseline is random anyway"""
     seed: int = 42
     """Seed of the head's initialization, data order and dropout (the first of --seeds)"""
     seeds: int = 1
@@ -194,6 +198,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
             if trial["learning_rate"] <= 0 or trial["epochs"] < 1:
                 raise ConfigError(f"search trial {trial}: learning rate and epochs must be "
                                   "positive")
+        if self.reinit_layers < 0:
+            raise ConfigError(f"reinit_layers must be 0 or more (got {self.reinit_layers})")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be at least 1 (got {self.seeds})")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:

@@ -29,6 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from jobs.config import ConfigError
 from jobs.finetune.compare import Side, format_mean_std, mean_std, paired_gain, pick
 from jobs.finetune.config import FinetuneConfig, fit_name
 from jobs.finetune.predict import check_metric
@@ -44,6 +45,7 @@ from jobs.tracking import PARENT_TAG, Tracker, default_tracking_uri
 from jobs.train.device import use_gpu
 from jobs.train.runtime import JobFailed, ray_session, worker_env
 from jobs.train.sources import ModelSource, resolve_model
+from model import BertConfig
 from pipeline.errors import InputError
 
 BEST_TRIAL_TAG = "bertpipe.best_trial"
@@ -102,6 +104,13 @@ def run(cfg: FinetuneConfig) -> dict:
     log(f"model {source.uri} -> {source.hf_dir}"
         + (f" (run {source.run_id}{', ' + source.registered if source.registered else ''})"
            if source.run_id else ""))
+    if cfg.reinit_layers:
+        layers = BertConfig.from_json(Path(source.hf_dir) / "config.json").num_hidden_layers
+        if cfg.reinit_layers > layers:
+            raise ConfigError(f"reinit_layers {cfg.reinit_layers}: {cfg.model} has only "
+                              f"{layers} layers")
+        log(f"pretrained side: the pooler and the top {cfg.reinit_layers} of {layers} layers "
+            "re-initialized")
     spec, data = load_data(cfg, source)
 
     env = worker_env((cfg.model, cfg.train, cfg.validation, cfg.storage_path), tracking_uri)

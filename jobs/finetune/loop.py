@@ -49,13 +49,17 @@ def schedule_steps(n_train: int, batch_size: int, world: int, epochs: int) -> tu
     return per_epoch, per_epoch * epochs
 
 
-def initial_model(spec, hf_dir, trial: dict, default_seed: int) -> torch.nn.Module:
+def initial_model(spec, hf_dir, trial: dict, default_seed: int,
+                  reinit_layers: int = 0) -> torch.nn.Module:
     """A fit's model before training, the same on every rank: torch seeded with the fit's
-    seed, then the task's head on the pretrained encoder, or (init "scratch") the same
-    architecture with BERT's initialization throughout, drawn from that seed."""
-    from jobs.finetune.tasks import build_model
+    seed, then the task's head on the pretrained encoder (its pooler and top `reinit_layers`
+    layers drawn afresh), or (init "scratch") the same architecture with BERT's
+    initialization throughout, drawn from that seed."""
+    from jobs.finetune.tasks import build_model, reinit_top
     torch.manual_seed(trial.get("seed", default_seed))
-    return build_model(spec, hf_dir, pretrained=trial.get("init", "pretrained") == "pretrained")
+    pretrained = trial.get("init", "pretrained") == "pretrained"
+    net = build_model(spec, hf_dir, pretrained=pretrained)
+    return reinit_top(net, reinit_layers) if pretrained and reinit_layers else net
 
 
 def save_best(net, spec, metrics: dict, epoch: int, vocab: list[str], do_lower_case: bool) -> Path:
@@ -117,7 +121,7 @@ def train_loop(loop_config: dict) -> dict | None:
     hf_dir = local_model_dir(loop_config["model_dir"], cfg.model, loop_config["tracking_uri"])
     _, vocab, lower = tokenizer_for(hf_dir)
     seed = trial.get("seed", cfg.seed)  # this fit's seed (--seeds: seed, seed+1, ...)
-    net = initial_model(spec, hf_dir, trial, cfg.seed)
+    net = initial_model(spec, hf_dir, trial, cfg.seed, cfg.reinit_layers)
     per_epoch, total = schedule_steps(len(train), trial["batch_size"], world, trial["epochs"])
     warmup = cfg.warmup(total)
     optimizer = build_optimizer(net, dataclasses.replace(cfg, learning_rate=trial["learning_rate"]),

@@ -237,6 +237,18 @@ def featurize(spec: TaskSpec, tok, vocab: list[str], rows: list[dict], where: st
                         training, index_of["[CLS]"], index_of["[SEP]"])
 
 
+def reinit_top(net: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """Draw the pooler and the top `layers` encoder layers again from BERT's initialization
+    (torch's current seed); the embeddings, lower layers and the task head are kept."""
+    encoder = net.bert.encoder.layer
+    if not 0 <= layers <= len(encoder):
+        raise ValueError(f"cannot re-initialize {layers} of {len(encoder)} layers")
+    for module in [*encoder[len(encoder) - layers:], net.bert.pooler]:
+        if module is not None:
+            net.init_weights(module)
+    return net
+
+
 def build_model(spec: TaskSpec, hf_dir: str | Path, pretrained: bool = True) -> torch.nn.Module:
     """The task's head on the pretrained encoder in `hf_dir` (a new head if it has none).
 
