@@ -117,11 +117,14 @@ def storage_root(path: str) -> str:
 
 def apply_settings(env: dict[str, str]) -> None:
     """On a worker, before DeepSpeed loads its ops: settings from the driver, unless the
-    worker's own environment has them, and this environment's build tools first."""
+    worker's own environment has them, and this environment's build tools first; Ray
+    Train's report lines kept off the console."""
+    from jobs.train.trainer import quiet_reports
     for key, value in env.items():
         os.environ.setdefault(key, value)
     extensions_dir()
     interpreter_tools_first()
+    quiet_reports()
 
 
 def secrets_hook(secrets: dict[str, str]):

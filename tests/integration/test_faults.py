@@ -291,6 +291,15 @@ def test_no_credential_reaches_mlflow_ray_logs_or_the_jobs_output(chain):
     assert scanned > 20
 
 
+def test_the_console_shows_the_jobs_progress_not_ray_trains_per_worker_lines(chain):
+    text = chain["B"]["out"] + chain["B"]["err"]
+    assert f"[pretrain] step {STEPS}/{STEPS} " in text
+    # not every worker's report and checkpoint lines (jobs.train.trainer.quiet_reports)
+    for line in ("Reporting training result", "Checkpoint successfully created"):
+        assert line not in text, line
+    assert "Started training worker group" in text   # the controller's: where ranks run
+
+
 # ------------------------------------------------------------------ prepare on a full disk
 
 def test_prepare_on_a_full_disk_fails_in_one_line_and_leaves_other_outputs_whole(
