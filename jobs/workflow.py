@@ -1,5 +1,6 @@
 """`bertpipe workflow run WORKFLOW.yaml`: prepare -> pretrain (phase 1, optional phase 2) ->
-fine-tune -> evaluate, as one idempotent job.
+fine-tune -> evaluate, as one idempotent job; `bertpipe workflow status WORKFLOW.yaml` says
+which stages are done for their config and which a run would start.
 
 Each stage's config is resolved (its preset, the workflow's keys, what earlier stages made)
 and hashed with the keys of the stages it depends on. A stage that finished for that hash
@@ -112,16 +113,23 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Runner:
-    """Runs stages once per content hash, recording results under the workflow's storage."""
+class Pending(Exception):
+    """`workflow status`: this stage is not done, and every later stage depends on it."""
 
-    def __init__(self, wf: Workflow):
+
+class Runner:
+    """Runs stages once per content hash, recording results under the workflow's storage.
+    With plan=True (`workflow status`) it runs nothing and opens no MLflow run: done stages
+    give their recorded results, the first stage not done raises `Pending`."""
+
+    def __init__(self, wf: Workflow, plan: bool = False):
         from jobs.tracking import default_tracking_uri
         self.wf = wf
+        self.plan = plan
         self.tracking_uri = wf.tracking_uri or default_tracking_uri()
         self.markers = join(wf.storage, "workflows", wf.name)
         self.stages: list[dict] = []
-        self.parent_run_id = self._parent_run()
+        self.parent_run_id = None if plan else self._parent_run()
 
     def _parent_run(self) -> str | None:
         from jobs.tracking import client, get_or_create_run
@@ -141,9 +149,15 @@ class Runner:
         marker = join(self.markers, f"{name}-{key[:16]}.json")
         if exists(marker):
             result = json.loads(read_text(marker))
+            if self.plan:
+                self.stages.append({"stage": name, "status": "done", **result})
+                return result
             log(f"{name}: done before for this config ({key[:12]}), skipped")
             self.stages.append({"stage": name, "status": "skipped", **result})
             return result
+        if self.plan:
+            self.stages.append({"stage": name, "status": "to run"})
+            raise Pending(name)
         log(f"{name}: running ({key[:12]})")
         started = time.time()
         result = fn()
@@ -341,6 +355,40 @@ def run(wf: Workflow) -> dict:
             "tracking_uri": runner.tracking_uri, "headline": metrics, "stages": runner.stages}
 
 
+def stage_names(wf: Workflow) -> list[str]:
+    """Every stage of the workflow, in the order `run` takes them."""
+    names = ["prepare"] + (["pretrain-phase1"] if wf.pretrain else [])
+    if wf.pretrain_phase2:
+        names += ["prepare-phase2", "pretrain-phase2"]
+    names += [f"finetune-{i}-{v.get('task', 'task')}" for i, v in enumerate(wf.finetune)]
+    names += [f"evaluate-{i}" for i in range(len(wf.evaluate))]
+    return names + [f"probe-{i}" for i in range(len(wf.probe))]
+
+
+def status(wf: Workflow) -> dict:
+    """Which stages are done for this config (their recorded results) and which a `run`
+    would start, without running anything, starting Ray or touching MLflow. A stage after
+    one not done is to run: its config depends on that stage's result."""
+    planner = Runner(wf, plan=True)
+    try:
+        _run_stages(wf, planner)
+    except Pending:
+        pass
+    seen = {s["stage"] for s in planner.stages}
+    stages = planner.stages + [{"stage": n, "status": "to run"}
+                               for n in stage_names(wf) if n not in seen]
+    return {"workflow": wf.name, "storage": wf.storage, "stages": stages,
+            "done": sum(s["status"] == "done" for s in stages), "total": len(stages)}
+
+
+def _stage_line(stage: dict) -> str:
+    if stage["status"] != "done":
+        return f"  {stage['stage']:<28} to run"
+    where = stage.get("output") or stage.get("model_uri") or stage.get("run_id") or ""
+    took = f", {stage['seconds']:.0f}s" if stage.get("seconds") is not None else ""
+    return f"  {stage['stage']:<28} done{took}  {where}".rstrip()
+
+
 def _paths(wf: Workflow) -> list[str]:
     """Every path value of every section (remote ones decide which credentials travel)."""
     out = []
@@ -398,7 +446,8 @@ def ui_hint(tracking_uri: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bertpipe workflow",
-                                description="Run prepare -> pretrain -> finetune -> evaluate.")
+                                description="Run prepare -> pretrain -> finetune -> evaluate, "
+                                            "or show which stages are done.")
     sub = p.add_subparsers(dest="action", required=True)
     r = sub.add_parser("run", help="run the stages not yet done for their config")
     r.add_argument("file", type=Path, help="workflow YAML (e.g. jobs/workflows/demo.yaml)")
@@ -407,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="override the workflow's storage root")
     r.add_argument("--tracking-uri", help="override the workflow's MLflow tracking URI")
     r.add_argument("--address", help="Ray cluster address")
+    st = sub.add_parser("status", help="which stages are done for their config, which would "
+                                       "run (runs nothing)")
+    st.add_argument("file", type=Path, help="workflow YAML")
+    st.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a value, dotted: pretrain.max_steps=10")
+    st.add_argument("--storage", help="override the workflow's storage root")
+    st.add_argument("--tracking-uri", help="override the workflow's MLflow tracking URI")
     return p
 
 
@@ -414,9 +470,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     for key in ("storage", "tracking_uri", "address"):
-        if getattr(args, key):
+        if getattr(args, key, None):
             overrides.append(f"{key}={getattr(args, key)}")
     wf = load(args.file, overrides)
+    if args.action == "status":
+        report = status(wf)
+        log(f"{wf.name}: {report['done']} of {report['total']} stages done for this config "
+            f"(storage {wf.storage})")
+        for stage in report["stages"]:
+            print(_stage_line(stage), file=sys.stderr)
+        print(json.dumps(report, default=str))
+        return 0
     summary = run(wf)
     log(ui_hint(summary["tracking_uri"]))
     print(json.dumps(summary, default=str))

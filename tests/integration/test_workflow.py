@@ -8,7 +8,7 @@ import yaml
 
 from jobs.assets import wiki_topics
 from jobs.config import ConfigError
-from jobs.workflow import load, run
+from jobs.workflow import load, run, status
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -50,16 +50,25 @@ def test_workflow_runs_once_skips_done_stages_and_links_runs_in_mlflow(
     from mlflow import MlflowClient
     # A workflow that crashes at fine-tuning (wrong label column) ...
     broken = _workflow(tmp_path, wiki_jsonl, mlflow_server, label_column="no_such_column")
+    assert {s["status"] for s in status(load(broken))["stages"]} == {"to run"}
     with pytest.raises(Exception, match="no_such_column"):
         run(load(broken))
     markers = sorted(p.name.split("-")[0] for p in (tmp_path / "store/workflows/wf-test").iterdir())
     assert markers == ["prepare", "pretrain"]
-    # ... rerun fixed: prepare and pretraining are skipped, the rest runs.
+    # ... `workflow status` of the fixed file: the first two stages done, the rest to run ...
     fixed = _workflow(tmp_path, wiki_jsonl, mlflow_server)
+    planned = {s["stage"]: s["status"] for s in status(load(fixed))["stages"]}
+    assert planned == {"prepare": "done", "pretrain-phase1": "done",
+                       "finetune-0-classification": "to run", "evaluate-0": "to run",
+                       "probe-0": "to run"}
+    # ... rerun fixed: prepare and pretraining are skipped, the rest runs.
     summary = run(load(fixed))
-    status = {s["stage"]: s["status"] for s in summary["stages"]}
-    assert status == {"prepare": "skipped", "pretrain-phase1": "skipped",
-                      "finetune-0-classification": "ran", "evaluate-0": "ran", "probe-0": "ran"}
+    ran = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert ran == {"prepare": "skipped", "pretrain-phase1": "skipped",
+                   "finetune-0-classification": "ran", "evaluate-0": "ran", "probe-0": "ran"}
+    after = status(load(fixed))
+    assert [s["stage"] for s in after["stages"]] == list(ran) and after["done"] == 5
+    assert after["stages"][1]["model_uri"] == summary["stages"][1]["model_uri"]
     # the evaluate stage scored every seed's model of both sides on the test file
     evaluated = summary["stages"][-2]
     m = evaluated["metrics"]
