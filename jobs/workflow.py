@@ -149,11 +149,10 @@ class Runner:
         marker = join(self.markers, f"{name}-{key[:16]}.json")
         if exists(marker):
             result = json.loads(read_text(marker))
-            if self.plan:
-                self.stages.append({"stage": name, "status": "done", **result})
-                return result
-            log(f"{name}: done before for this config ({key[:12]}), skipped")
-            self.stages.append({"stage": name, "status": "skipped", **result})
+            if not self.plan:
+                log(f"{name}: done before for this config ({key[:12]}), skipped")
+            self.stages.append({"stage": name, "status": "done" if self.plan else "skipped",
+                                **result})
             return result
         if self.plan:
             self.stages.append({"stage": name, "status": "to run"})
