@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -46,7 +47,15 @@ def ray_mapper() -> Mapper:
     Ray must be running (`ray_session`)."""
     import ray
     from ray.data import DataContext
-    DataContext.get_current().enable_progress_bars = False  # the driver logs progress itself
+    # the driver logs progress itself: no bars, no execution plan or "execution finished"
+    # per pass and no warning that the bars are off (Ray Data's full logs stay in the Ray
+    # session's log directory)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
+        logging.WARNING)
 
     def run(fn, items, name):
         if not items:
