@@ -24,9 +24,11 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-# fail fast on an unreachable MLflow server (its defaults retry for minutes); user env wins
+# fail fast on an unreachable MLflow server (its defaults retry for minutes), and no
+# progress bar per model download in the jobs' output; the user's environment wins
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 SETTINGS_ENV = ("TORCH_EXTENSIONS_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
                 "AWS_DEFAULT_REGION", "AWS_REGION", "DS_ACCELERATOR", "BERTPIPE_CACHE",
                 *MLFLOW_CLIENT_ENV)

@@ -39,3 +39,20 @@ def test_lineage_of_a_logged_models_own_uri_is_its_run(tmp_path):
     assert lineage(f"models:/{model.model_id}", uri) == (run.info.run_id, None)
     assert lineage(f"runs:/{run.info.run_id}/model", uri) == (run.info.run_id, None)
     assert lineage("some/folder", uri) == (None, None)
+
+
+def test_a_model_from_mlflow_downloads_without_a_progress_bar(tmp_path, minilm_dir, capfd,
+                                                              monkeypatch):
+    """The jobs' output has their own lines, not a bar per download (MLFLOW_CLIENT_ENV)."""
+    from jobs.tracking import Tracker
+    monkeypatch.chdir(tmp_path)   # the SQLite store's artifacts land under the working dir
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "e", "r")
+    tracker.open({})
+    logged = tracker.log_model(minilm_dir, None, "best")
+    tracker.finish()
+    capfd.readouterr()
+    found = resolve_model(logged["model_uri"], uri, tmp_path / "got")
+    assert (found.hf_dir / "config.json").is_file()
+    captured = capfd.readouterr()
+    assert "Downloading artifacts" not in captured.err + captured.out
