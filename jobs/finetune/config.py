@@ -128,7 +128,8 @@ class FinetuneConfig(ComputeConfig, OptimConfig, TrackingConfig):
     search_epochs: list[int] | None = None
     """Epoch counts of the search (paper: 2 3 4)"""
     max_concurrent_trials: int | None = None
-    """Trials running at once (default: as many as the cluster's resources allow)"""
+    """Trials running at once (default: as many as the cluster's CPUs and GPUs hold when the
+    trials start; on an autoscaling cluster, set how many you want it to grow to)"""
 
     experiment: str = "bertpipe-finetune"
     """MLflow experiment"""

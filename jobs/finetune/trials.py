@@ -5,8 +5,10 @@
 this process) with `CheckpointConfig(num_to_keep=1)`, and returns the best dev metrics with
 the best checkpoint. A trial's storage folder is cleared first: a rerun retrains rather than
 resuming a finished trial. `run_trials` launches each trial as a Ray task that only waits on
-its trainer (0 CPUs), keeping at most `max_concurrent` in flight; the cluster's free CPUs
-and GPUs decide how many actually train at once. Local mode runs trials one after another.
+its trainer (0 CPUs), keeping at most `max_concurrent` in flight: by default as many as the
+cluster's CPUs and GPUs hold when the trials start (`fitting_trials`), so that no trainer
+waits for workers (Ray Train gives up a worker group that waits 60 s, printing a traceback,
+and tries again). Local mode runs trials one after another.
 Never talks to MLflow itself (the loop's rank 0 logs; the driver creates the runs).
 """
 from __future__ import annotations
@@ -76,11 +78,22 @@ def fit_trial(job: TrialJob) -> dict:
             "checkpoint": checkpoint}
 
 
+def fitting_trials(job: TrialJob, cluster: dict[str, float]) -> int | None:
+    """How many trials like `job` the cluster's resources (`ray.cluster_resources()`) run at
+    once: at least 1 (a trial that needs more than the cluster waits for it to grow); None
+    when a trial needs no CPUs or GPUs."""
+    need = {"CPU": job.num_workers * job.cpus_per_worker,
+            "GPU": job.num_workers if job.use_gpu else 0}
+    fits = [int(cluster.get(name, 0) // amount) for name, amount in need.items() if amount > 0]
+    return max(1, min(fits)) if fits else None
+
+
 def run_trials(jobs: list[TrialJob], max_concurrent: int | None, on_done=None) -> list[dict]:
     """Every trial's outcome, in the order given; a failed trial is {"error": ...}.
 
     Trials run as Ray tasks (0 CPUs each: the trainer's workers hold the resources) with at
-    most `max_concurrent` in flight; in local mode (no workers) one after another.
+    most `max_concurrent` in flight (default: `fitting_trials`); in local mode (no workers)
+    one after another.
     `on_done(outcome)` is called as each trial finishes."""
     outcomes: dict[int, dict] = {}
 
@@ -100,7 +113,7 @@ def run_trials(jobs: list[TrialJob], max_concurrent: int | None, on_done=None) -
 
     import ray
     remote = ray.remote(num_cpus=0, max_retries=0)(fit_trial)
-    limit = max_concurrent or len(jobs)
+    limit = max_concurrent or fitting_trials(jobs[0], ray.cluster_resources()) or len(jobs)
     pending: dict = {}
     queue = list(enumerate(jobs))
     while queue or pending:

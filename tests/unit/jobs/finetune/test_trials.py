@@ -1,7 +1,7 @@
 """Fine-tuning in this process (`--num-workers 0`, Ray Train's local mode) on a tiny model:
 a trial that fails (an OOM stand-in) does not end a search (local mode raises the loop's own
 error): the others finish and the best is kept; `--eval-every` evaluates dev only every N
-epochs and after the last. (MLflow is left unreachable here, which costs nothing: the
+epochs and after the last; on Ray, as many trials at once as the cluster holds. (MLflow is left unreachable here, which costs nothing: the
 integration test checks the trial's FAILED run on a real server.)"""
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def test_eval_every_evaluates_dev_every_n_epochs_and_after_the_last(tiny_task, c
     assert evaluated == [2, 4, 5]
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["best_trial"]["best_epoch"] in evaluated
+
+
+@pytest.mark.parametrize("workers,cpus,gpu,cluster,expected", [
+    (1, 1.0, False, {"CPU": 2.0}, 2),                  # the demo: 2 of its 6 fits at a time
+    (2, 1.0, False, {"CPU": 5.0}, 2),
+    (1, 0.5, False, {"CPU": 2.0}, 4),
+    (2, 1.0, True, {"CPU": 64.0, "GPU": 4.0}, 2),      # GPUs are the limit
+    (4, 1.0, False, {"CPU": 2.0}, 1),                  # bigger than the cluster: one waits
+    (1, 0.0, False, {"CPU": 2.0}, None),               # needs nothing: no limit
+])
+def test_trials_at_once_are_what_the_cluster_holds(workers, cpus, gpu, cluster, expected):
+    from jobs.finetune.trials import TrialJob, fitting_trials
+    job = TrialJob(name="t", trial={}, run_id=None, loop_config={}, num_workers=workers,
+                   cpus_per_worker=cpus, use_gpu=gpu, storage_path="out")
+    assert fitting_trials(job, cluster) == expected
+
