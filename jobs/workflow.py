@@ -1,6 +1,6 @@
 """`bertpipe workflow run WORKFLOW.yaml`: prepare -> pretrain (phase 1, optional phase 2) ->
-fine-tune -> evaluate, as one idempotent job; `bertpipe workflow status WORKFLOW.yaml` says
-which stages are done for their config and which a run would start.
+fine-tune -> evaluate, as one idempotent job (`bertpipe workflow status WORKFLOW.yaml`, in
+`jobs.workflow_status`, says which stages are done and which a run would start).
 
 Each stage's config is resolved (its preset, the workflow's keys, what earlier stages made)
 and hashed with the keys of the stages it depends on. A stage that finished for that hash
@@ -340,7 +340,7 @@ def run(wf: Workflow) -> dict:
     paths = [wf.storage, *_paths(wf)]
     try:
         with ray_session(wf.address, worker_env(paths, runner.tracking_uri)):
-            _run_stages(wf, runner)
+            run_stages(wf, runner)
     except BaseException:
         try:
             runner.headline()  # what the stages that finished measured
@@ -354,40 +354,6 @@ def run(wf: Workflow) -> dict:
             "tracking_uri": runner.tracking_uri, "headline": metrics, "stages": runner.stages}
 
 
-def stage_names(wf: Workflow) -> list[str]:
-    """Every stage of the workflow, in the order `run` takes them."""
-    names = ["prepare"] + (["pretrain-phase1"] if wf.pretrain else [])
-    if wf.pretrain_phase2:
-        names += ["prepare-phase2", "pretrain-phase2"]
-    names += [f"finetune-{i}-{v.get('task', 'task')}" for i, v in enumerate(wf.finetune)]
-    names += [f"evaluate-{i}" for i in range(len(wf.evaluate))]
-    return names + [f"probe-{i}" for i in range(len(wf.probe))]
-
-
-def status(wf: Workflow) -> dict:
-    """Which stages are done for this config (their recorded results) and which a `run`
-    would start, without running anything, starting Ray or touching MLflow. A stage after
-    one not done is to run: its config depends on that stage's result."""
-    planner = Runner(wf, plan=True)
-    try:
-        _run_stages(wf, planner)
-    except Pending:
-        pass
-    seen = {s["stage"] for s in planner.stages}
-    stages = planner.stages + [{"stage": n, "status": "to run"}
-                               for n in stage_names(wf) if n not in seen]
-    return {"workflow": wf.name, "storage": wf.storage, "stages": stages,
-            "done": sum(s["status"] == "done" for s in stages), "total": len(stages)}
-
-
-def _stage_line(stage: dict) -> str:
-    if stage["status"] != "done":
-        return f"  {stage['stage']:<28} to run"
-    where = stage.get("output") or stage.get("model_uri") or stage.get("run_id") or ""
-    took = f", {stage['seconds']:.0f}s" if stage.get("seconds") is not None else ""
-    return f"  {stage['stage']:<28} done{took}  {where}".rstrip()
-
-
 def _paths(wf: Workflow) -> list[str]:
     """Every path value of every section (remote ones decide which credentials travel)."""
     out = []
@@ -398,7 +364,7 @@ def _paths(wf: Workflow) -> list[str]:
     return [str(v) for v in out]
 
 
-def _run_stages(wf: Workflow, runner: Runner) -> None:
+def run_stages(wf: Workflow, runner: Runner) -> None:
     data1 = runner.prepare("prepare", wf.prepare)
     pretrained = None
     if wf.pretrain:
@@ -448,20 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run prepare -> pretrain -> finetune -> evaluate, "
                                             "or show which stages are done.")
     sub = p.add_subparsers(dest="action", required=True)
-    r = sub.add_parser("run", help="run the stages not yet done for their config")
-    r.add_argument("file", type=Path, help="workflow YAML (e.g. jobs/workflows/demo.yaml)")
-    r.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a value, dotted: pretrain.max_steps=10")
-    r.add_argument("--storage", help="override the workflow's storage root")
-    r.add_argument("--tracking-uri", help="override the workflow's MLflow tracking URI")
-    r.add_argument("--address", help="Ray cluster address")
-    st = sub.add_parser("status", help="which stages are done for their config, which would "
-                                       "run (runs nothing)")
-    st.add_argument("file", type=Path, help="workflow YAML")
-    st.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="KEY=VALUE", help="override a value, dotted: pretrain.max_steps=10")
-    st.add_argument("--storage", help="override the workflow's storage root")
-    st.add_argument("--tracking-uri", help="override the workflow's MLflow tracking URI")
+    actions = {"run": "run the stages not yet done for their config",
+               "status": "which stages are done for their config, which would run (runs "
+                         "nothing)"}
+    for action, what in actions.items():
+        actions[action] = a = sub.add_parser(action, help=what)
+        a.add_argument("file", type=Path, help="workflow YAML (e.g. jobs/workflows/demo.yaml)")
+        a.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a value, dotted: pretrain.max_steps=10")
+        a.add_argument("--storage", help="override the workflow's storage root")
+        a.add_argument("--tracking-uri", help="override the workflow's MLflow tracking URI")
+    actions["run"].add_argument("--address", help="Ray cluster address")
     return p
 
 
@@ -473,13 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={getattr(args, key)}")
     wf = load(args.file, overrides)
     if args.action == "status":
-        report = status(wf)
-        log(f"{wf.name}: {report['done']} of {report['total']} stages done for this config "
-            f"(storage {wf.storage})")
-        for stage in report["stages"]:
-            print(_stage_line(stage), file=sys.stderr)
-        print(json.dumps(report, default=str))
-        return 0
+        from jobs.workflow_status import print_status
+        return print_status(wf)
     summary = run(wf)
     log(ui_hint(summary["tracking_uri"]))
     print(json.dumps(summary, default=str))

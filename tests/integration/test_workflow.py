@@ -8,7 +8,8 @@ import yaml
 
 from jobs.assets import wiki_topics
 from jobs.config import ConfigError
-from jobs.workflow import load, run, status
+from jobs.workflow import load, run
+from jobs.workflow_status import status
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -5,7 +5,8 @@ import json
 
 import yaml
 
-from jobs.workflow import load, stage_names
+from jobs.workflow import load
+from jobs.workflow_status import stage_names
 from tests.helpers import job
 
 
